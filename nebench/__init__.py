@@ -1,0 +1,1 @@
+"""nebench: the harness (datasets, runner, results table, plots, reports)."""
