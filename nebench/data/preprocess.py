@@ -1,0 +1,71 @@
+"""Shared preprocessing of every dataset: seeded subsample, PCA, row L2 normalisation."""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.decomposition import PCA
+
+from nebench.data.dataset import Dataset
+from nebench.data.files import take_rows
+from nebench.errors import InputError
+
+#: above this many points PCA is fitted on a seeded subsample of this size
+PCA_FIT_MAX = 100_000
+#: rows per step for the PCA transform and the normalisation of large sets
+CHUNK_ROWS = 100_000
+
+
+def subsample(ds: Dataset, n: int, seed: int) -> Dataset:
+    """A seeded uniform random subset of ``n`` rows, in data order (train rows stay first)."""
+    n_all = len(ds.X)
+    if n > n_all:
+        raise InputError(
+            f"dataset.n={n} but {ds.name} has only {n_all} points: set dataset.n to at most "
+            f"{n_all}, or dataset.n=null for all points"
+        )
+    if n == n_all:
+        return ds
+    idx = np.sort(np.random.default_rng(seed).choice(n_all, size=n, replace=False))
+    return take_rows(ds, idx)
+
+
+def to_float32(X: np.ndarray) -> np.ndarray:
+    """``X`` as C-contiguous float32, without a copy (a memmap stays a memmap) when it is one."""
+    if X.dtype == np.float32 and X.flags.c_contiguous:
+        return X
+    return np.ascontiguousarray(X, dtype=np.float32)
+
+
+def pca(X: np.ndarray, n_components: int, seed: int) -> np.ndarray:
+    """Project onto the top ``n_components`` principal axes (sklearn PCA, random_state=seed).
+
+    For more than ``PCA_FIT_MAX`` points, the axes are fitted on a seeded subsample of that
+    size and all points are transformed in chunks of ``CHUNK_ROWS``.
+    """
+    n, d = X.shape
+    if n_components > min(n, d):
+        raise InputError(
+            f"dataset.pca={n_components} but the data have {n} points of {d} dims: set "
+            f"dataset.pca to at most {min(n, d)}, or dataset.pca=null to turn PCA off"
+        )
+    model = PCA(n_components=n_components, random_state=seed)
+    if n <= PCA_FIT_MAX:
+        return to_float32(model.fit_transform(X))
+    fit_idx = np.sort(np.random.default_rng(seed).choice(n, size=PCA_FIT_MAX, replace=False))
+    model.fit(X[fit_idx])
+    out = np.empty((n, n_components), dtype=np.float32)
+    for start in range(0, n, CHUNK_ROWS):
+        out[start : start + CHUNK_ROWS] = model.transform(X[start : start + CHUNK_ROWS])
+    return out
+
+
+def l2_normalize(X: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit Euclidean norm (all-zero rows stay zero); in place when ``X`` owns
+    its writable memory, else into a new array (a read-only memmap is never written)."""
+    out = X if X.flags.writeable and X.flags.owndata else np.empty(X.shape, dtype=X.dtype)
+    for start in range(0, len(X), CHUNK_ROWS):
+        block = X[start : start + CHUNK_ROWS]
+        norms = np.linalg.norm(block, axis=1, keepdims=True)
+        norms[norms == 0] = 1
+        np.divide(block, norms, out=out[start : start + CHUNK_ROWS])
+    return out

@@ -1,0 +1,22 @@
+"""p(j|i): how much of head i's attraction goes to its r-th nearest neighbour.
+
+Inverse-rank model (nomad-projection eq. 6): for the k neighbours of i ranked r = 1..k
+by distance, ``p(j|i) = exp(1/r) / sum_{r'=1..k} exp(1/r')``. The alternative
+``"uniform"`` gives every neighbour 1/k: the binary kNN graph of InfoNC-t-SNE
+(tsne-to-umap-contrastive), where positives are drawn uniformly from a head's edges.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def p_ji(k: int, model: str = "inverse_rank") -> torch.Tensor:
+    """The (k,) vector of p(j|i) over a head's neighbours in ascending distance."""
+    if model == "inverse_rank":
+        w = torch.exp(1.0 / torch.arange(1, k + 1, dtype=torch.float64))
+    elif model == "uniform":
+        w = torch.ones(k, dtype=torch.float64)
+    else:
+        raise ValueError(f"p_model must be 'inverse_rank' or 'uniform', got {model!r}")
+    return (w / w.sum()).float()

@@ -1,0 +1,140 @@
+"""One process per device (nomad-projection Figure 2).
+
+``run_sharded`` trains every shard on its own process: it spawns ``world_size`` workers
+(NCCL on CUDA, gloo on CPU) or, when already launched under ``torchrun``, joins the
+existing process group and trains this rank's shard. Shards travel to spawned workers
+through files in a temporary directory; during training the processes exchange only
+the cell-mean matrix (:class:`nomad.optimize.Comm`). A worker that dies makes the whole
+job fail: ``torch.multiprocessing.spawn`` terminates the others and re-raises, and the
+process-group timeout bounds any collective that waits on a dead peer.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pickle
+import socket
+import tempfile
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from .optimize import Comm, Shard, TrainSpec, train_shard
+
+log = logging.getLogger(__name__)
+
+
+def launched_by_torchrun() -> bool:
+    """True when this process is one rank of a job started by torchrun."""
+    return "TORCHELASTIC_RUN_ID" in os.environ or (
+        "RANK" in os.environ and "WORLD_SIZE" in os.environ and "MASTER_ADDR" in os.environ
+    )
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _device(accelerator: str, rank: int) -> str:
+    return f"cuda:{rank}" if accelerator == "cuda" else "cpu"
+
+
+def _save_shard(path: Path, shard: Shard) -> None:
+    np.savez(path, **{k: v for k, v in vars(shard).items() if isinstance(v, np.ndarray)},
+             rank=shard.rank, n_total=shard.n_total)
+
+
+def _load_shard(path: Path) -> Shard:
+    with np.load(path) as z:
+        return Shard(rank=int(z["rank"]), rows=z["rows"], Y0=z["Y0"], neighbors=z["neighbors"],
+                     cell=z["cell"], cell_sizes=z["cell_sizes"], cell_rank=z["cell_rank"],
+                     n_total=int(z["n_total"]))
+
+
+def _train_rank(shard: Shard, spec: TrainSpec, world_size: int) -> tuple[np.ndarray, Comm]:
+    comm = Comm(world_size, shard.rank)
+    Y = train_shard(shard, spec, comm)
+    return Y, comm
+
+
+def _worker(rank: int, world_size: int, workdir: str, accelerator: str, timeout_s: float) -> None:
+    backend = "nccl" if accelerator == "cuda" else "gloo"
+    if accelerator == "cuda":
+        torch.cuda.set_device(rank)
+    else:  # share the cores between the CPU workers
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
+    dist.init_process_group(backend, rank=rank, world_size=world_size,
+                            timeout=timedelta(seconds=timeout_s))
+    try:
+        wd = Path(workdir)
+        with open(wd / "spec.pkl", "rb") as f:
+            spec: TrainSpec = pickle.load(f)
+        spec.device = _device(accelerator, rank)
+        spec.verbose = spec.verbose and rank == 0
+        Y, comm = _train_rank(_load_shard(wd / f"shard{rank}.npz"), spec, world_size)
+        np.save(wd / f"Y{rank}.npy", Y)
+        stats = {"bytes_by_tag": comm.bytes_by_tag, "calls_by_tag": comm.calls_by_tag,
+                 "loss_history": spec.loss_history}
+        (wd / f"stats{rank}.json").write_text(json.dumps(stats))
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def run_sharded(shards: list[Shard], spec: TrainSpec, accelerator: str,
+                timeout_s: float = 600.0) -> tuple[list[np.ndarray], list[dict]]:
+    """Train the shards on one process each; returns their embeddings and comm stats."""
+    world_size = len(shards)
+    if launched_by_torchrun():
+        return _run_joined(shards, spec, accelerator, timeout_s)
+    import torch.multiprocessing as mp
+
+    with tempfile.TemporaryDirectory(prefix="nomad_") as wd:
+        wd = Path(wd)
+        for s in shards:
+            _save_shard(wd / f"shard{s.rank}.npz", s)
+        with open(wd / "spec.pkl", "wb") as f:
+            pickle.dump(spec, f)
+        env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())}
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        try:
+            mp.spawn(_worker, args=(world_size, str(wd), accelerator, timeout_s),
+                     nprocs=world_size, join=True)
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+        Ys = [np.load(wd / f"Y{r}.npy") for r in range(world_size)]
+        stats = [json.loads((wd / f"stats{r}.json").read_text()) for r in range(world_size)]
+    spec.loss_history[:] = stats[0]["loss_history"]
+    return Ys, stats
+
+
+def _run_joined(shards: list[Shard], spec: TrainSpec, accelerator: str,
+                timeout_s: float) -> tuple[list[np.ndarray], list[dict]]:
+    """Under torchrun: train this rank's shard, then share all shards' results."""
+    if not dist.is_initialized():
+        backend = "nccl" if accelerator == "cuda" else "gloo"
+        dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
+    rank, world_size = dist.get_rank(), dist.get_world_size()
+    if world_size != len(shards):
+        raise ValueError(f"torchrun started {world_size} processes but devices={len(shards)}: "
+                         f"set trainer.devices={world_size}")
+    if accelerator == "cuda":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", rank)))
+    spec.device = _device(accelerator, int(os.environ.get("LOCAL_RANK", rank)))
+    Y, comm = _train_rank(shards[rank], spec, world_size)
+    results: list = [None] * world_size
+    dist.all_gather_object(results, (Y, {"bytes_by_tag": comm.bytes_by_tag,
+                                         "calls_by_tag": comm.calls_by_tag}))
+    return [r[0] for r in results], [r[1] for r in results]

@@ -1,0 +1,299 @@
+"""The engine shared by NOMAD and the contrastive family: index -> init -> sharded SGD.
+
+A concrete method only says which loss it optimises (``_make_loss``) and its defaults;
+the kNN index, the p(j|i) weights, the PCA initialisation, the noise and cell-mean
+sampling, the optimiser, the schedule and the devices are all here.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import ClassVar
+
+import numpy as np
+import torch
+
+from nebench.errors import InputError
+from nebench.method import EmbeddingMethod
+
+from . import distributed
+from .affinities import p_ji
+from .index import CellIndex, auto_n_cells, build_index
+from .losses import ContrastiveLoss
+from .optimize import Comm, Shard, TrainSpec, train_shard
+
+log = logging.getLogger(__name__)
+
+
+def pca_init(X: np.ndarray, scale: float, seed: int) -> np.ndarray:
+    """First two principal components, rescaled so that std(PC1) = ``scale``.
+
+    PCA initialisation improves global structure (nomad-projection sec. 3.4, citing
+    Wang et al.); the scale follows openTSNE/TorchDR (std 1e-4) unless told otherwise.
+    """
+    from sklearn.decomposition import PCA
+
+    n = len(X)
+    rows = np.sort(np.random.default_rng(seed).choice(n, 100_000, replace=False)) if n > 100_000 else None
+    pca = PCA(2, svd_solver="randomized", random_state=seed).fit(X if rows is None else X[rows])
+    Y = np.empty((n, 2), dtype=np.float32)
+    for lo in range(0, n, 1 << 18):
+        Y[lo:lo + (1 << 18)] = pca.transform(np.asarray(X[lo:lo + (1 << 18)], dtype=np.float32))
+    std = float(Y[:, 0].std()) or 1.0
+    return Y * np.float32(scale / std)
+
+
+def assign_cells_to_devices(cell_sizes: np.ndarray, world_size: int) -> np.ndarray:
+    """Greedy balancing: largest cell first onto the least-loaded device."""
+    load = np.zeros(world_size, dtype=np.int64)
+    owner = np.empty(len(cell_sizes), dtype=np.int64)
+    for c in np.argsort(-cell_sizes, kind="stable"):
+        r = int(np.argmin(load))
+        owner[c] = r
+        load[r] += cell_sizes[c]
+    return owner
+
+
+def make_shards(index: CellIndex, Y0: np.ndarray, world_size: int) -> list[Shard]:
+    """Split points by device, each device's points contiguous and sorted by cell."""
+    sizes = index.cell_sizes()
+    if world_size > len(sizes):
+        raise InputError(f"{world_size} devices but only {len(sizes)} cells: set method.n_cells >= "
+                         f"{world_size} (cells are the unit of sharding)")
+    owner = assign_cells_to_devices(sizes, world_size)
+    point_rank = owner[index.labels]
+    order = np.lexsort((index.labels, point_rank))
+    pos = np.empty_like(order)
+    pos[order] = np.arange(len(order))
+    bounds = np.searchsorted(point_rank[order], np.arange(world_size + 1))
+    shards = []
+    for r in range(world_size):
+        rows = order[bounds[r]:bounds[r + 1]]
+        shards.append(Shard(rank=r, rows=rows, Y0=Y0[rows], neighbors=pos[index.neighbors[rows]] - bounds[r],
+                            cell=index.labels[rows], cell_sizes=sizes, cell_rank=owner,
+                            n_total=len(order)))
+    return shards
+
+
+def _check_number(name: str, value, *, minimum: float, integer: bool = False, auto: bool = False,
+                  strict: bool = False) -> None:
+    if auto and value == "auto":
+        return
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (value > minimum if strict else value >= minimum) and (not integer or float(value).is_integer())
+    if not ok:
+        kind = "an integer" if integer else "a number"
+        bound = f"> {minimum}" if strict else f">= {minimum}"
+        extra = " or 'auto'" if auto else ""
+        raise InputError(f"method.{name}={value!r} is invalid: it must be {kind} {bound}{extra}")
+
+
+class ContrastiveEmbedding(EmbeddingMethod):
+    """Contrastive neighbour embedding on NOMAD's cell index (shared engine).
+
+    Parameters common to every engine method:
+        n_neighbors: k of the kNN graph.
+        p_model: "inverse_rank" (nomad-projection eq. 6) or "uniform" (binary kNN graph).
+        n_noise: |M|, the number of noise samples per head in the objective (the
+            repulsion strength; m in tsne-to-umap-contrastive).
+        noise_samples: S, noise points actually drawn per head to estimate it
+            ("auto" = min(|M|, 32)); each stands for |M| p(m in D) / S samples.
+        n_epochs: passes over the n heads.
+        learning_rate: "auto" = n/10 (nomad-projection sec. 3.4) for mean aggregation,
+            1.0 for sum aggregation (cne).
+        batch_size: heads per step over all devices ("auto" = ceil(n/10): with the
+            n/10 rate each head occurrence then takes a unit step, cne's setting).
+        aggregation: "mean" (paper) or "sum" (cne) of the loss over a batch.
+        momentum, lr_schedule ("linear" to 0, "reference": flat then linear, "constant"),
+        lr_decay_start: SGD settings; the reference code uses momentum 0.8 and "reference".
+        early_exaggeration, early_exaggeration_epochs, late_exaggeration,
+        late_exaggeration_time: attraction multipliers (1 = off).
+        clip_grad: clip each gradient coordinate of the summed loss (cne, UMAP: 4).
+        init: "pca"; init_scale: std of PC1 after rescaling.
+        n_cells: K-means cells ("auto" = one per ``cell_size`` points); max_cell_size:
+            the bound cells are split to ("auto" = 2 * n / n_cells).
+        approximate: which cells enter as cell means ("none", "remote", "others").
+        mean_refresh: "epoch" (paper, Figure 2) or "step" (reference code).
+        metric: "euclidean" or "inner_product" (unit-norm data only) for the index.
+        accelerator ("cpu"/"cuda"/"auto"), devices: where to train; devices > 1 runs
+            one process per device.
+        cache_dir: where the index is cached (None: no cache).
+    """
+
+    accelerators: ClassVar[tuple[str, ...]] = ("cpu", "cuda")
+    multi_device: ClassVar[bool] = False
+    _default_approximate: ClassVar[str] = "none"
+
+    def __init__(
+        self,
+        n_neighbors: int = 15,
+        p_model: str = "inverse_rank",
+        n_noise: float = 5,
+        noise_samples: int | str = "auto",
+        n_epochs: int = 500,
+        learning_rate: float | str = "auto",
+        batch_size: int | str = "auto",
+        aggregation: str = "mean",
+        momentum: float = 0.0,
+        lr_schedule: str = "linear",
+        lr_decay_start: float = 0.3,
+        early_exaggeration: float = 1.0,
+        early_exaggeration_epochs: int = 0,
+        late_exaggeration: float = 1.0,
+        late_exaggeration_time: float = 1.0,
+        clip_grad: float | None = None,
+        init: str = "pca",
+        init_scale: float = 1.0,
+        n_cells: int | str = "auto",
+        cell_size: int = 8192,
+        max_cell_size: int | str = "auto",
+        approximate: str | None = None,
+        mean_refresh: str = "epoch",
+        metric: str = "euclidean",
+        accelerator: str = "auto",
+        devices: int = 1,
+        cache_dir: str | None = None,
+        random_state: int = 0,
+        verbose: bool = False,
+    ):
+        self.n_neighbors = n_neighbors
+        self.p_model = p_model
+        self.n_noise = n_noise
+        self.noise_samples = noise_samples
+        self.n_epochs = n_epochs
+        self.learning_rate = learning_rate
+        self.batch_size = batch_size
+        self.aggregation = aggregation
+        self.momentum = momentum
+        self.lr_schedule = lr_schedule
+        self.lr_decay_start = lr_decay_start
+        self.early_exaggeration = early_exaggeration
+        self.early_exaggeration_epochs = early_exaggeration_epochs
+        self.late_exaggeration = late_exaggeration
+        self.late_exaggeration_time = late_exaggeration_time
+        self.clip_grad = clip_grad
+        self.init = init
+        self.init_scale = init_scale
+        self.n_cells = n_cells
+        self.cell_size = cell_size
+        self.max_cell_size = max_cell_size
+        self.approximate = approximate
+        self.mean_refresh = mean_refresh
+        self.metric = metric
+        self.accelerator = accelerator
+        self.devices = devices
+        self.cache_dir = cache_dir
+        self.random_state = random_state
+        self.verbose = verbose
+
+    # -- what subclasses vary ---------------------------------------------------------------
+    def _make_loss(self, n: int) -> ContrastiveLoss:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    # -- validation -----------------------------------------------------------------------------
+    def _check_params(self) -> None:
+        _check_number("n_neighbors", self.n_neighbors, minimum=1, integer=True)
+        _check_number("n_noise", self.n_noise, minimum=0, strict=True)
+        _check_number("noise_samples", self.noise_samples, minimum=1, integer=True, auto=True)
+        _check_number("n_epochs", self.n_epochs, minimum=1, integer=True)
+        _check_number("learning_rate", self.learning_rate, minimum=0, strict=True, auto=True)
+        _check_number("batch_size", self.batch_size, minimum=1, integer=True, auto=True)
+        _check_number("momentum", self.momentum, minimum=0)
+        _check_number("init_scale", self.init_scale, minimum=0, strict=True)
+        _check_number("n_cells", self.n_cells, minimum=1, integer=True, auto=True)
+        _check_number("devices", self.devices, minimum=1, integer=True)
+        choices = {"p_model": ("inverse_rank", "uniform"), "aggregation": ("mean", "sum"),
+                   "lr_schedule": ("linear", "reference", "constant"), "init": ("pca",),
+                   "approximate": (None, "none", "remote", "others"),
+                   "mean_refresh": ("epoch", "step"), "metric": ("euclidean", "inner_product"),
+                   "accelerator": ("auto", "cpu", "cuda")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise InputError(f"method.{name}={getattr(self, name)!r} is invalid: choose one of "
+                                 f"{[a for a in allowed if a is not None]}")
+        if self.devices > 1 and not self.multi_device:
+            raise InputError(f"{type(self).__name__} runs on one device (its noise is uniform over all "
+                             "points); use method=nomad for several devices")
+
+    def _check_data(self, X: np.ndarray) -> None:
+        from nebench.datasets import check_data
+
+        check_data(X, min_points=self.n_neighbors + 1)
+        if self.metric == "inner_product":
+            norms = np.linalg.norm(np.asarray(X[:1000], dtype=np.float32), axis=1)
+            if not np.allclose(norms, 1.0, atol=1e-2):
+                raise InputError("metric='inner_product' needs unit-norm rows: set dataset.l2_normalize=true "
+                                 "or use method.metric=euclidean")
+
+    def _resolve_accelerator(self) -> str:
+        if self.accelerator == "auto":
+            return "cuda" if torch.cuda.is_available() else "cpu"
+        if self.accelerator == "cuda" and torch.cuda.device_count() < self.devices:
+            raise InputError(f"asked for {self.devices} CUDA devices but {torch.cuda.device_count()} are "
+                             "visible: use accelerator='cpu' with devices=N for CPU processes")
+        return self.accelerator
+
+    # -- the pipeline ---------------------------------------------------------------------------
+    def fit_transform(self, X: np.ndarray) -> np.ndarray:
+        self._check_params()
+        self._check_data(X)
+        self.timings_ = {}
+        n = len(X)
+        accelerator = self._resolve_accelerator()
+        approximate = self.approximate or self._default_approximate
+        if approximate == "none" and self.devices > 1:
+            raise InputError("approximate='none' keeps all noise exact, which needs every point on one "
+                             "device: use approximate='remote' with several devices")
+        n_cells = auto_n_cells(n, self.cell_size) if self.n_cells == "auto" else int(self.n_cells)
+        n_cells = max(n_cells, self.devices)
+        max_cell = 2 * math.ceil(n / n_cells) if self.max_cell_size == "auto" else int(self.max_cell_size)
+        with self._phase("knn"):
+            self.index_, self.index_cached_ = build_index(
+                X, self.n_neighbors, n_cells=n_cells, max_cell_size=max_cell, metric=self.metric,
+                seed=self.random_state, cache_dir=self.cache_dir)
+        with self._phase("init"):
+            Y0 = pca_init(X, self.init_scale, self.random_state)
+        spec = self._train_spec(n, approximate)
+        spec.device = "cuda" if accelerator == "cuda" else "cpu"
+        shards = make_shards(self.index_, Y0, self.devices)
+        with self._phase("fit"):
+            if self.devices == 1:
+                comm = Comm()
+                Ys = [train_shard(shards[0], spec, comm)]
+                stats = [{"bytes_by_tag": comm.bytes_by_tag, "calls_by_tag": comm.calls_by_tag}]
+            else:
+                Ys, stats = distributed.run_sharded(shards, spec, accelerator)
+        Y = np.empty((n, 2), dtype=np.float32)
+        for s, Ys_r in zip(shards, Ys):
+            Y[s.rows] = Ys_r
+        self.embedding_ = Y
+        self.loss_history_ = list(spec.loss_history)
+        self.comm_stats_ = stats
+        self.bytes_per_epoch_ = sum(s["bytes_by_tag"].get("cell_means", 0) for s in stats[:1]) / spec.n_epochs
+        self.n_cells_ = self.index_.n_cells
+        self.loss_ = spec.loss
+        log.info("%s: n=%d, %d cells, %d devices (%s), %.0f bytes all-gathered per epoch per device",
+                 type(self).__name__, n, self.n_cells_, self.devices, accelerator, self.bytes_per_epoch_)
+        return Y
+
+    def _train_spec(self, n: int, approximate: str) -> TrainSpec:
+        batch = math.ceil(n / 10) if self.batch_size == "auto" else int(self.batch_size)
+        batch = min(batch, n)
+        if self.learning_rate == "auto":
+            lr = n / 10 if self.aggregation == "mean" else 1.0
+        else:
+            lr = float(self.learning_rate)
+        S = min(int(math.ceil(self.n_noise)), 32) if self.noise_samples == "auto" else int(self.noise_samples)
+        torch.manual_seed(self.random_state)
+        return TrainSpec(
+            loss=self._make_loss(n), p=p_ji(self.n_neighbors, self.p_model), n_epochs=int(self.n_epochs),
+            learning_rate=lr, batch_size=batch, n_noise=float(self.n_noise), noise_samples=S,
+            approximate=approximate, mean_refresh=self.mean_refresh, aggregation=self.aggregation,
+            momentum=float(self.momentum), lr_schedule=self.lr_schedule, lr_decay_start=self.lr_decay_start,
+            early_exaggeration=float(self.early_exaggeration),
+            early_exaggeration_epochs=int(self.early_exaggeration_epochs),
+            late_exaggeration=float(self.late_exaggeration),
+            late_exaggeration_time=float(self.late_exaggeration_time),
+            clip_grad=self.clip_grad, seed=int(self.random_state),
+            device="cpu", verbose=self.verbose)

@@ -1,0 +1,260 @@
+"""NOMAD's ANN index: K-means cells, exact kNN inside each cell (nomad-projection sec. 3.2).
+
+K-means is initialised by a locally sensitive hash (random hyperplanes; the most populated
+buckets seed the centroids) and run by Lloyd iterations until the relative centroid shift
+falls below ``tol`` (or ``max_iter``). Cells larger than ``max_cell_size`` are split by
+2-means until every cell fits, since one giant cell defeats both memory and sharding.
+Inside each cell the k nearest neighbours are exact, so every cell is a component of the
+kNN graph and can live on its own device.
+
+The index (cell labels, neighbour table, distances) is cached on disk under a key made of
+the data's content hash and the parameters, so sweeps and other methods reuse it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+_INDEX_VERSION = 1
+
+
+@dataclass
+class CellIndex:
+    """Cells and the within-cell kNN graph.
+
+    ``labels[i]`` is the cell of point i; ``neighbors[i]`` its k nearest neighbours in
+    ascending distance (global row indices, self excluded), ``distances[i]`` their
+    Euclidean distances (or negative inner products for ``metric="inner_product"``).
+    """
+
+    labels: np.ndarray  # (n,) int64
+    neighbors: np.ndarray  # (n, k) int64
+    distances: np.ndarray  # (n, k) float32
+
+    @property
+    def n_cells(self) -> int:
+        return int(self.labels.max()) + 1
+
+    def cell_sizes(self) -> np.ndarray:
+        return np.bincount(self.labels, minlength=self.n_cells)
+
+
+def _chunks(n: int, size: int):
+    for lo in range(0, n, size):
+        yield lo, min(n, lo + size)
+
+
+def _sq_dists(a: torch.Tensor, b: torch.Tensor, b_sq: torch.Tensor) -> torch.Tensor:
+    """||a - b||^2 for all pairs, via ||a||^2 - 2 a.b + ||b||^2 (clamped at 0)."""
+    d = (a * a).sum(1, keepdim=True) - 2.0 * (a @ b.T) + b_sq[None, :]
+    return d.clamp_(min=0.0)
+
+
+def assign(X: np.ndarray, centroids: torch.Tensor, chunk: int = 65536) -> np.ndarray:
+    """Index of the nearest centroid of each row of X (chunked)."""
+    c_sq = (centroids * centroids).sum(1)
+    out = np.empty(len(X), dtype=np.int64)
+    for lo, hi in _chunks(len(X), chunk):
+        xb = torch.as_tensor(np.asarray(X[lo:hi], dtype=np.float32))
+        out[lo:hi] = _sq_dists(xb, centroids, c_sq).argmin(1).numpy()
+    return out
+
+
+def lsh_init(X: torch.Tensor, n_clusters: int, n_bits: int, gen: torch.Generator) -> torch.Tensor:
+    """Seed centroids with the means of the most populated random-hyperplane hash buckets."""
+    n, d = X.shape
+    planes = torch.randn(d, n_bits, generator=gen)
+    center = X.mean(0, keepdim=True)
+    bits = ((X - center) @ planes > 0).long()
+    codes = (bits * (2 ** torch.arange(n_bits))).sum(1)
+    uniq, inverse, counts = torch.unique(codes, return_inverse=True, return_counts=True)
+    order = torch.argsort(counts, descending=True, stable=True)[:n_clusters]
+    sums = torch.zeros(len(uniq), d).index_add_(0, inverse, X)
+    centroids = sums[order] / counts[order, None].float()
+    if len(centroids) < n_clusters:  # fewer buckets than cells: top up with random points
+        extra = torch.randperm(n, generator=gen)[: n_clusters - len(centroids)]
+        centroids = torch.cat([centroids, X[extra]])
+    return centroids
+
+
+def kmeans(
+    X: torch.Tensor,
+    n_clusters: int,
+    *,
+    max_iter: int = 100,
+    tol: float = 1e-4,
+    n_bits: int = 16,
+    gen: torch.Generator,
+) -> tuple[torch.Tensor, int, bool]:
+    """Lloyd's algorithm from an LSH initialisation.
+
+    Stops when ``||C_t - C_{t-1}||_F / ||C_{t-1}||_F < tol``. Returns the centroids, the
+    number of iterations and whether it converged. Empty clusters are re-seeded at the
+    point farthest from its centroid.
+    """
+    C = lsh_init(X, n_clusters, n_bits, gen)
+    for it in range(1, max_iter + 1):
+        c_sq = (C * C).sum(1)
+        labels = torch.empty(len(X), dtype=torch.long)
+        best = torch.empty(len(X))
+        for lo, hi in _chunks(len(X), 65536):
+            d = _sq_dists(X[lo:hi], C, c_sq)
+            best[lo:hi], labels[lo:hi] = d.min(1)
+        counts = torch.bincount(labels, minlength=n_clusters)
+        sums = torch.zeros_like(C).index_add_(0, labels, X)
+        new = sums / counts.clamp(min=1)[:, None].float()
+        empty = torch.nonzero(counts == 0).flatten()
+        if len(empty):
+            far = torch.argsort(best, descending=True)[: len(empty)]
+            new[empty] = X[far]
+        shift = torch.linalg.norm(new - C) / torch.linalg.norm(C).clamp(min=1e-12)
+        C = new
+        if shift < tol and len(empty) == 0:
+            return C, it, True
+    return C, max_iter, False
+
+
+def bound_cells(X: np.ndarray, labels: np.ndarray, max_cell_size: int, gen: torch.Generator) -> np.ndarray:
+    """Split every cell larger than ``max_cell_size`` by 2-means until all fit."""
+    labels = labels.copy()
+    queue = [c for c, s in enumerate(np.bincount(labels)) if s > max_cell_size]
+    next_id = int(labels.max()) + 1
+    while queue:
+        c = queue.pop()
+        rows = np.flatnonzero(labels == c)
+        Xc = torch.as_tensor(np.asarray(X[rows], dtype=np.float32))
+        C, _, _ = kmeans(Xc, 2, max_iter=50, gen=gen)
+        side = assign(Xc.numpy(), C)
+        if side.min() == side.max():  # identical points: split by position
+            side = (np.arange(len(rows)) >= len(rows) // 2).astype(np.int64)
+        labels[rows[side == 1]] = next_id
+        for cid, size in ((c, int((side == 0).sum())), (next_id, int((side == 1).sum()))):
+            if size > max_cell_size:
+                queue.append(cid)
+        next_id += 1
+    return labels
+
+
+def cell_knn(
+    X: np.ndarray, labels: np.ndarray, k: int, metric: str = "euclidean", chunk: int = 2048
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact k nearest neighbours of every point among the points of its own cell.
+
+    Cells smaller than k+1 get their missing neighbours padded with the nearest ones
+    repeated, so the table stays rectangular (logged as a warning).
+    """
+    n = len(X)
+    nbrs = np.empty((n, k), dtype=np.int64)
+    dists = np.empty((n, k), dtype=np.float32)
+    order = np.argsort(labels, kind="stable")
+    bounds = np.searchsorted(labels[order], np.arange(labels.max() + 2))
+    small = 0
+    for c in range(len(bounds) - 1):
+        rows = order[bounds[c] : bounds[c + 1]]
+        if len(rows) == 0:
+            continue
+        Xc = torch.as_tensor(np.asarray(X[rows], dtype=np.float32))
+        kk = min(k, len(rows) - 1)
+        if kk < k:
+            small += 1
+        c_sq = (Xc * Xc).sum(1)
+        for lo, hi in _chunks(len(rows), chunk):
+            if metric == "inner_product":
+                d = -(Xc[lo:hi] @ Xc.T)
+            else:
+                d = _sq_dists(Xc[lo:hi], Xc, c_sq)
+            d[torch.arange(hi - lo), torch.arange(lo, hi)] = float("inf")  # self excluded by index
+            if kk > 0:
+                val, idx = torch.topk(d, kk, dim=1, largest=False, sorted=True)
+            else:  # a cell of one point is its own (only) neighbour
+                val, idx = torch.zeros(hi - lo, 1), torch.arange(lo, hi)[:, None]
+            if idx.shape[1] < k:
+                reps = -(-k // idx.shape[1])
+                idx, val = idx.repeat(1, reps)[:, :k], val.repeat(1, reps)[:, :k]
+            nbrs[rows[lo:hi]] = rows[idx.numpy()]
+            dists[rows[lo:hi]] = val.numpy() if metric == "inner_product" else val.sqrt().numpy()
+    if small:
+        log.warning("%d cells have at most k=%d points; their neighbour lists repeat entries", small, k)
+    return nbrs, dists
+
+
+def data_key(X: np.ndarray) -> str:
+    """Content hash of an array (shape, dtype and bytes, hashed in chunks)."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(repr((X.shape, str(X.dtype))).encode())
+    for lo, hi in _chunks(len(X), 1 << 16):
+        h.update(np.ascontiguousarray(X[lo:hi]).tobytes())
+    return h.hexdigest()
+
+
+def auto_n_cells(n: int, cell_size: int) -> int:
+    return max(1, int(round(n / cell_size)))
+
+
+def build_index(
+    X: np.ndarray,
+    k: int,
+    *,
+    n_cells: int,
+    max_cell_size: int | None = None,
+    metric: str = "euclidean",
+    max_iter: int = 100,
+    tol: float = 1e-4,
+    fit_size: int = 200_000,
+    seed: int = 0,
+    cache_dir: str | os.PathLike | None = None,
+) -> tuple[CellIndex, bool]:
+    """Build (or load from the cache) the K-means cell index of X.
+
+    K-means is fit on a seeded subsample of at most ``fit_size`` rows (all of them when
+    n is smaller), then every row is assigned. Returns the index and whether it came
+    from the cache.
+    """
+    if metric not in ("euclidean", "inner_product"):
+        raise ValueError(f"metric must be 'euclidean' or 'inner_product', got {metric!r}")
+    n = len(X)
+    max_cell_size = max_cell_size or n
+    path = None
+    if cache_dir is not None:
+        params = (_INDEX_VERSION, k, n_cells, max_cell_size, metric, max_iter, tol, fit_size, seed)
+        key = hashlib.blake2b(f"{data_key(X)}{params}".encode(), digest_size=12).hexdigest()
+        path = Path(cache_dir) / "nomad_index" / f"{key}.npz"
+        if path.exists():
+            try:
+                with np.load(path) as z:
+                    idx = CellIndex(z["labels"], z["neighbors"], z["distances"])
+                log.info("cell index loaded from cache %s", path)
+                return idx, True
+            except (OSError, ValueError, KeyError) as err:  # corrupt cache entry: rebuild
+                log.warning("ignoring unreadable cache entry %s (%s)", path, err)
+    gen = torch.Generator().manual_seed(seed)
+    if n_cells > 1:
+        fit_rows = np.sort(torch.randperm(n, generator=gen)[:fit_size].numpy()) if n > fit_size else None
+        Xfit = torch.as_tensor(np.asarray(X if fit_rows is None else X[fit_rows], dtype=np.float32))
+        C, iters, converged = kmeans(Xfit, n_cells, max_iter=max_iter, tol=tol, gen=gen)
+        log.info("k-means: %d cells, %d iterations, converged=%s", n_cells, iters, converged)
+        labels = assign(X, C)
+        labels = np.unique(labels, return_inverse=True)[1].astype(np.int64)  # drop empty ids
+    else:
+        labels = np.zeros(n, dtype=np.int64)
+    if labels.max() >= 0 and np.bincount(labels).max() > max_cell_size:
+        labels = bound_cells(X, labels, max_cell_size, gen)
+    nbrs, dists = cell_knn(X, labels, k, metric)
+    idx = CellIndex(labels, nbrs, dists)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, labels=labels, neighbors=nbrs, distances=dists)
+        os.replace(tmp, path)
+    return idx, False

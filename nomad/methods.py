@@ -1,0 +1,77 @@
+"""The methods: one engine, different losses (tsne-to-umap-contrastive; nomad-projection)."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from .engine import ContrastiveEmbedding
+from .losses import NCE, InfoNCE, NegTSNE, UMAPLoss, umap_ab
+
+
+class NOMAD(ContrastiveEmbedding):
+    """NOMAD Projection (Duderstadt, Nussbaum, van der Maaten).
+
+    The InfoNC-t-SNE loss with the noise from cells on other devices replaced by the
+    cell means (eq. 3-5), inverse-rank p(j|i) (eq. 6), PCA init, SGD at n/10 annealed
+    linearly to 0 (sec. 3.4). On one device with ``approximate="remote"`` nothing is
+    approximated and the loss is exactly InfoNC-t-SNE.
+    """
+
+    multi_device: ClassVar[bool] = True
+    _default_approximate: ClassVar[str] = "remote"
+
+    def __init__(self, s: float = 0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.s = s
+
+    def _make_loss(self, n: int):
+        return InfoNCE(self.s)
+
+
+class InfoNCTSNE(ContrastiveEmbedding):
+    """InfoNC-t-SNE (Damrich et al.): uniform noise over all n points, positive in the
+    denominator, spectrum parameter ``s`` scaling the repulsion by 4^-s."""
+
+    def __init__(self, s: float = 0.0, p_model: str = "uniform", **kwargs):
+        super().__init__(p_model=p_model, **kwargs)
+        self.s = s
+
+    def _make_loss(self, n: int):
+        return InfoNCE(self.s)
+
+
+class NegTSNEMethod(ContrastiveEmbedding):
+    """Neg-t-SNE (Damrich et al.): fixed normaliser ``z_bar`` or spectrum parameter ``s``
+    (Z-bar from t-SNE's 100 n at s=0 to UMAP's n^2/m at s=1, extrapolated beyond)."""
+
+    def __init__(self, s: float | None = 1.0, z_bar: float | None = None, p_model: str = "uniform",
+                 **kwargs):
+        super().__init__(p_model=p_model, **kwargs)
+        self.s = s
+        self.z_bar = z_bar
+
+    def _make_loss(self, n: int):
+        return NegTSNE(n, self.n_noise, s=self.s, z_bar=self.z_bar)
+
+
+class NCVis(ContrastiveEmbedding):
+    """NCVis (Artemenkov & Panov; Damrich et al.'s NCE): the normaliser Z is learned."""
+
+    def __init__(self, p_model: str = "uniform", **kwargs):
+        super().__init__(p_model=p_model, **kwargs)
+
+    def _make_loss(self, n: int):
+        return NCE(self.n_noise)
+
+
+class UMAPLossMethod(ContrastiveEmbedding):
+    """UMAP's loss and kernel (a, b from ``min_dist``) on this engine."""
+
+    def __init__(self, min_dist: float = 0.1, spread: float = 1.0, p_model: str = "uniform",
+                 clip_grad: float | None = 4.0, **kwargs):
+        super().__init__(p_model=p_model, clip_grad=clip_grad, **kwargs)
+        self.min_dist = min_dist
+        self.spread = spread
+
+    def _make_loss(self, n: int):
+        return UMAPLoss(*umap_ab(self.min_dist, self.spread))

@@ -1,0 +1,275 @@
+"""The optimisation loop one device runs over its shard (shared by every engine method).
+
+Per step, B heads i are drawn uniformly from the shard (nomad-projection: uniform P_i);
+each head brings its k within-cell neighbours j weighted by p(j|i) (eq. 6) and S noise
+points drawn uniformly from its *noise domain* D_i, each standing for |M| p(m in D_i) / S
+samples of the uniform noise xi. Every cell outside D_i is *approximated*: it enters as
+its mean mu_r with weight |M| p(m in r) (eq. 4). The domain is
+
+* ``"none"``:   all n points (one device only): exact InfoNC-t-SNE noise (eq. 2);
+* ``"remote"``: the points on this device; cells on other devices are approximated
+  (the paper's multi-device scheme, Figure 2);
+* ``"others"``: the head's own cell; all other cells are approximated (to study the
+  approximation on one device).
+
+The loss is summed over the batch; the learning rate is divided by B under ``"mean"``
+aggregation (the paper's n/10 convention, an unbiased estimate of the expected loss) and
+used as is under ``"sum"`` (cne's convention). SGD, linear decay to 0 (sec. 3.4).
+Cell means are detached and refreshed every epoch (the paper's Figure 2) or every step
+(the reference code); on several devices only they cross process boundaries.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .losses import ContrastiveLoss
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Shard:
+    """What one device trains: its cells' points, contiguous and sorted by cell."""
+
+    rank: int
+    rows: np.ndarray  # (n_local,) original row of each local point
+    Y0: np.ndarray  # (n_local, 2) initial positions
+    neighbors: np.ndarray  # (n_local, k) local row indices
+    cell: np.ndarray  # (n_local,) global cell id, non-decreasing
+    cell_sizes: np.ndarray  # (C,) size of every cell (all devices)
+    cell_rank: np.ndarray  # (C,) device holding each cell
+    n_total: int
+
+
+@dataclass
+class TrainSpec:
+    """Hyperparameters of the loop, resolved (no "auto" left)."""
+
+    loss: ContrastiveLoss
+    p: torch.Tensor  # (k,) p(j|i)
+    n_epochs: int
+    learning_rate: float
+    batch_size: int  # heads per step, summed over devices
+    n_noise: float  # |M|
+    noise_samples: int  # S drawn per head
+    approximate: str = "remote"
+    mean_refresh: str = "epoch"
+    aggregation: str = "mean"
+    momentum: float = 0.0
+    lr_schedule: str = "linear"
+    lr_decay_start: float = 0.3
+    early_exaggeration: float = 1.0
+    early_exaggeration_epochs: int = 0
+    late_exaggeration: float = 1.0
+    late_exaggeration_time: float = 1.0
+    clip_grad: float | None = None
+    seed: int = 0
+    device: str = "cpu"
+    verbose: bool = False
+    loss_history: list = field(default_factory=list)
+
+
+class Comm:
+    """The only channel between devices: all-gathers of the cell-mean matrix.
+
+    Every byte that crosses a process boundary during training goes through
+    :meth:`all_gather`, which counts it (``bytes_by_tag``).
+    """
+
+    def __init__(self, world_size: int = 1, rank: int = 0):
+        self.world_size, self.rank = world_size, rank
+        self.bytes_by_tag: dict[str, int] = {}
+        self.calls_by_tag: dict[str, int] = {}
+
+    def all_gather(self, t: torch.Tensor, tag: str) -> list[torch.Tensor]:
+        if self.world_size == 1:
+            return [t]
+        import torch.distributed as dist
+
+        out = [torch.empty_like(t) for _ in range(self.world_size)]
+        dist.all_gather(out, t.contiguous())
+        nbytes = t.numel() * t.element_size() * self.world_size
+        self.bytes_by_tag[tag] = self.bytes_by_tag.get(tag, 0) + nbytes
+        self.calls_by_tag[tag] = self.calls_by_tag.get(tag, 0) + 1
+        return out
+
+
+def _lr_factor(spec: TrainSpec, t: float) -> float:
+    """Learning-rate multiplier at training progress t in [0, 1)."""
+    if spec.lr_schedule == "linear":  # paper sec. 3.4: linear to 0
+        return 1.0 - t
+    if spec.lr_schedule == "reference":  # reference code: flat, then linear to 1e-8
+        if t <= spec.lr_decay_start:
+            return 1.0
+        return 1.0 - (1.0 - 1e-8) * (t - spec.lr_decay_start) / (1.0 - spec.lr_decay_start)
+    if spec.lr_schedule == "constant":
+        return 1.0
+    raise ValueError(f"unknown lr_schedule {spec.lr_schedule!r}")
+
+
+class _ShardTrainer:
+    def __init__(self, shard: Shard, spec: TrainSpec, comm: Comm):
+        self.spec, self.comm, self.shard = spec, comm, shard
+        dev = torch.device(spec.device)
+        self.dev = dev
+        self.Y = torch.nn.Parameter(torch.as_tensor(shard.Y0, dtype=torch.float32, device=dev).clone())
+        self.nbrs = torch.as_tensor(shard.neighbors, device=dev)
+        self.n_local = len(shard.rows)
+        self.p = spec.p.to(dev)[None, :]
+        cell = torch.as_tensor(shard.cell, device=dev)
+        self.local_cells, inv, counts = torch.unique_consecutive(cell, return_inverse=True, return_counts=True)
+        starts = torch.cumsum(counts, 0) - counts
+        self.local_cell_idx = inv  # position of each point's cell among the local cells
+        self.cell_lo, self.cell_n = starts[inv], counts[inv]
+        self.cell = cell
+        self.cell_sizes = torch.as_tensor(shard.cell_sizes, dtype=torch.float32, device=dev)
+        self.C = len(shard.cell_sizes)
+        self.max_local_cells = int(np.bincount(shard.cell_rank, minlength=comm.world_size).max())
+        self.gen = torch.Generator(device=dev).manual_seed(spec.seed * 1000 + shard.rank)
+        if spec.approximate == "none" and comm.world_size > 1:
+            raise ValueError("approximate='none' needs every point on one device; use 'remote'")
+        self.remote_mask = torch.as_tensor(shard.cell_rank != shard.rank, device=dev)
+        self.uses_means = spec.approximate == "others" or (
+            spec.approximate == "remote" and bool(self.remote_mask.any())
+        )
+        # heads per step on this device: its share of the global batch
+        share = self.n_local / shard.n_total * comm.world_size
+        self.B = max(1, int(round(spec.batch_size / comm.world_size * share)))
+        self.steps_per_epoch = max(1, math.ceil(shard.n_total / spec.batch_size))
+        params = [{"params": [self.Y], "lr": spec.learning_rate}]
+        extra = [q for q in spec.loss.parameters() if q.requires_grad]
+        if extra:  # NCE's log Z: fixed lr 1e-3 (cne)
+            params.append({"params": extra, "lr": 1e-3, "fixed": True})
+        self.opt = torch.optim.SGD(params, lr=spec.learning_rate, momentum=spec.momentum)
+        self.spec.loss.to(dev)
+
+    # -- cell means (nomad-projection eq. 4) -------------------------------------------
+    def cell_means(self) -> torch.Tensor:
+        """(C, 2) means of every cell's current positions; remote ones by all-gather."""
+        with torch.no_grad():
+            L = len(self.local_cells)
+            sums = torch.zeros(L, 2, device=self.dev).index_add_(0, self.local_cell_idx, self.Y)
+            counts = torch.bincount(self.local_cell_idx, minlength=L).float()
+            block = torch.zeros(self.max_local_cells, 2, device=self.dev)
+            block[:L] = sums / counts[:, None]
+            blocks = self.comm.all_gather(block, "cell_means")
+            mu = torch.zeros(self.C, 2, device=self.dev)
+            cell_rank = torch.as_tensor(self.shard.cell_rank, device=self.dev)
+            for r, b in enumerate(blocks):
+                ids = torch.nonzero(cell_rank == r).flatten()  # a device's cells, in id order
+                mu[ids] = b[: len(ids)]
+            return mu
+
+    # -- one step -------------------------------------------------------------------------
+    def _sample(self, B: int, S: int):
+        """Heads, and S noise points per head from its noise domain (lo, size)."""
+        heads = torch.randint(self.n_local, (B,), generator=self.gen, device=self.dev)
+        if self.spec.approximate == "others":
+            lo, size = self.cell_lo[heads], self.cell_n[heads]
+        else:
+            lo = torch.zeros(B, dtype=torch.long, device=self.dev)
+            size = torch.full((B,), self.n_local, dtype=torch.long, device=self.dev)
+        u = torch.rand(B, S, generator=self.gen, device=self.dev)
+        noise = lo[:, None] + torch.minimum((u * size[:, None]).long(), size[:, None] - 1)
+        return heads, noise, size
+
+    def _mean_weights(self, heads: torch.Tensor) -> torch.Tensor:
+        """(B, C) weights |M| p(m in r) of the approximated cells r (eq. 4), 0 elsewhere."""
+        c_mu = self.spec.n_noise * self.cell_sizes / self.shard.n_total
+        if self.spec.approximate == "others":
+            return c_mu[None, :] * (self.cell[heads][:, None] != torch.arange(self.C, device=self.dev))
+        return (c_mu * self.remote_mask)[None, :].expand(len(heads), -1)
+
+    def step(self, mu: torch.Tensor | None, lr: float, rho: float) -> float:
+        """One SGD step with closed-form forces: dL/dy = sum 2 (dL/dq)(dq/dd^2)(y_i - y_o)."""
+        spec, B, S, loss_fn = self.spec, self.B, self.spec.noise_samples, self.spec.loss
+        heads, noise, size = self._sample(B, S)
+        Y = self.Y.data
+        y_h = Y[heads]
+        pos = self.nbrs[heads]
+        diff_p = y_h[:, None, :] - Y[pos]
+        diff_n = y_h[:, None, :] - Y[noise]
+        d2_p, d2_n = (diff_p * diff_p).sum(-1), (diff_n * diff_n).sum(-1)
+        q_pos, q_noise = loss_fn.kernel(d2_p), loss_fn.kernel(d2_n)
+        c_noise = (spec.n_noise * size.float() / self.shard.n_total / S)[:, None].expand(B, S)
+        if mu is not None:  # approximated cells enter as their means
+            diff_m = y_h[:, None, :] - mu[None]
+            d2_m = (diff_m * diff_m).sum(-1)
+            q_all = torch.cat([q_noise, loss_fn.kernel(d2_m)], 1)
+            c_all = torch.cat([c_noise, self._mean_weights(heads)], 1)
+        else:
+            q_all, c_all = q_noise, c_noise
+        with torch.no_grad():
+            value = float(loss_fn(q_pos, self.p, q_all, c_all, rho).sum())
+            g_pos, g_all, g_params = loss_fn.dq(q_pos, self.p, q_all, c_all, rho)
+            w_p = 2.0 * g_pos * loss_fn.kernel_grad(d2_p, q_pos)  # dL/dy_h along (y_h - y_j)
+            w_n = 2.0 * g_all[:, :S] * loss_fn.kernel_grad(d2_n, q_noise)
+            f_p, f_n = w_p[..., None] * diff_p, w_n[..., None] * diff_n
+            g_head = f_p.sum(1) + f_n.sum(1)
+            if mu is not None:
+                w_m = 2.0 * g_all[:, S:] * loss_fn.kernel_grad(d2_m, q_all[:, S:])
+                g_head += (w_m[..., None] * diff_m).sum(1)  # means are constants
+            grad = torch.zeros_like(Y)
+            grad.index_add_(0, heads, g_head)
+            grad.index_add_(0, pos.reshape(-1), f_p.reshape(-1, 2), alpha=-1.0)
+            grad.index_add_(0, noise.reshape(-1), f_n.reshape(-1, 2), alpha=-1.0)
+        self.Y.grad = grad
+        for param, g in g_params.items():
+            param.grad = g.reshape(param.shape)
+        if spec.clip_grad is not None:
+            grad.clamp_(-spec.clip_grad, spec.clip_grad)
+        scale = 1.0 / B if spec.aggregation == "mean" else 1.0
+        for group in self.opt.param_groups:
+            if not group.get("fixed"):
+                group["lr"] = lr * scale
+        self.opt.step()
+        return value / B
+
+    def train(self) -> np.ndarray:
+        spec = self.spec
+        total = spec.n_epochs * self.steps_per_epoch
+        step = 0
+        bar = tqdm(range(spec.n_epochs), disable=not (spec.verbose and self.shard.rank == 0),
+                   desc="epochs", leave=False)
+        for epoch in bar:
+            _maybe_inject_fault(self.shard.rank, epoch)
+            t_epoch = epoch / spec.n_epochs
+            rho = 1.0
+            if epoch < spec.early_exaggeration_epochs:
+                rho = spec.early_exaggeration
+            elif t_epoch >= spec.late_exaggeration_time:
+                rho = spec.late_exaggeration
+            mu = self.cell_means() if self.uses_means and spec.mean_refresh == "epoch" else None
+            running = 0.0
+            for _ in range(self.steps_per_epoch):
+                if self.uses_means and spec.mean_refresh == "step":
+                    mu = self.cell_means()
+                lr = spec.learning_rate * _lr_factor(spec, step / total)
+                running += self.step(mu, lr, rho)
+                step += 1
+            spec.loss_history.append(running / self.steps_per_epoch)
+            if not math.isfinite(spec.loss_history[-1]):
+                raise FloatingPointError(
+                    f"loss became {spec.loss_history[-1]} at epoch {epoch}: lower method.learning_rate"
+                )
+        return self.Y.detach().cpu().numpy()
+
+
+def _maybe_inject_fault(rank: int, epoch: int) -> None:
+    """Test hook: NOMAD_FAULT_RANK=r makes device r fail at epoch 1 (worker-death tests)."""
+    import os
+
+    if epoch == 1 and os.environ.get("NOMAD_FAULT_RANK") == str(rank):
+        raise RuntimeError(f"injected fault on rank {rank}")
+
+
+def train_shard(shard: Shard, spec: TrainSpec, comm: Comm | None = None) -> np.ndarray:
+    """Optimise one shard; returns its (n_local, 2) embedding."""
+    return _ShardTrainer(shard, spec, comm or Comm()).train()
