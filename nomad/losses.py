@@ -45,6 +45,10 @@ class ContrastiveLoss(torch.nn.Module):
         """(dL/dq_pos, dL/dq_noise, {parameter: dL/dparameter}) of ``forward(...).sum()``."""
         raise NotImplementedError
 
+    def fused(self) -> tuple[int, int, float, float, float, float]:  # pragma: no cover
+        """(loss_kind, kernel_kind, alpha, nu, a, b) for :mod:`nomad.cpu_kernel`."""
+        raise NotImplementedError
+
 
 class InfoNCE(ContrastiveLoss):
     """InfoNC-t-SNE (nomad-projection eq. 2/3; with cell means, the NOMAD surrogate eq. 3-5).
@@ -71,6 +75,9 @@ class InfoNCE(ContrastiveLoss):
         g_noise = alpha * c_noise * inv_den.sum(1, keepdim=True)
         return g_pos, g_noise, {}
 
+    def fused(self):
+        return 0, 0, 4.0 ** (-self.s), 0.0, 1.0, 1.0
+
 
 class _BinaryNCE(ContrastiveLoss):
     """Shared form of Neg-t-SNE and NCE: classify q/(q + nu) for data vs noise.
@@ -94,10 +101,13 @@ class _BinaryNCE(ContrastiveLoss):
         g_pos = rho * p * (-1.0 / (q_pos + _EPS) + 1.0 / (q_pos + nu))
         g_noise = c_noise / (q_noise + nu)
         params = {}
-        if isinstance(log_nu, torch.Tensor) and log_nu.requires_grad:  # NCE: d/d log Z = d/d log nu
+        if isinstance(getattr(self, "log_z", None), torch.nn.Parameter):  # NCE: d/d log Z = d/d log nu
             d_log_nu = rho * (p * nu / (q_pos + nu)).sum() + (c_noise * (nu / (q_noise + nu) - 1.0)).sum()
             params[self.log_z] = d_log_nu.detach()
         return g_pos, g_noise, params
+
+    def fused(self):
+        return 1, 0, 1.0, float(self.log_nu().exp()), 1.0, 1.0
 
 
 class NegTSNE(_BinaryNCE):
@@ -159,6 +169,9 @@ class UMAPLoss(ContrastiveLoss):
         g_pos = -rho * p / q_pos.clamp(min=1e-4)
         g_noise = c_noise / (1.0 - q_noise).clamp(min=1e-4)
         return g_pos, g_noise, {}
+
+    def fused(self):
+        return 2, 1, 1.0, 0.0, self.a, self.b
 
 
 def umap_ab(min_dist: float, spread: float = 1.0) -> tuple[float, float]:

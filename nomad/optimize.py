@@ -72,6 +72,7 @@ class TrainSpec:
     clip_grad: float | None = None
     seed: int = 0
     device: str = "cpu"
+    backend: str = "auto"  # "torch" ops, "fused" CPU kernel, "auto": fused on CPU
     verbose: bool = False
     loss_history: list = field(default_factory=list)
 
@@ -136,6 +137,11 @@ class _ShardTrainer:
         if spec.approximate == "none" and comm.world_size > 1:
             raise ValueError("approximate='none' needs every point on one device; use 'remote'")
         self.remote_mask = torch.as_tensor(shard.cell_rank != shard.rank, device=dev)
+        # |M| p(m in r) for every cell that may be approximated (eq. 4)
+        self._c_mu = spec.n_noise * self.cell_sizes / shard.n_total
+        if spec.approximate == "remote":
+            self._c_mu = self._c_mu * self.remote_mask
+        self.fused = spec.backend == "fused" or (spec.backend == "auto" and dev.type == "cpu")
         self.uses_means = spec.approximate == "others" or (
             spec.approximate == "remote" and bool(self.remote_mask.any())
         )
@@ -182,44 +188,75 @@ class _ShardTrainer:
 
     def _mean_weights(self, heads: torch.Tensor) -> torch.Tensor:
         """(B, C) weights |M| p(m in r) of the approximated cells r (eq. 4), 0 elsewhere."""
-        c_mu = self.spec.n_noise * self.cell_sizes / self.shard.n_total
         if self.spec.approximate == "others":
-            return c_mu[None, :] * (self.cell[heads][:, None] != torch.arange(self.C, device=self.dev))
-        return (c_mu * self.remote_mask)[None, :].expand(len(heads), -1)
+            return self._c_mu[None, :] * (self.cell[heads][:, None] != torch.arange(self.C, device=self.dev))
+        return self._c_mu[None, :].expand(len(heads), -1)
 
-    def step(self, mu: torch.Tensor | None, lr: float, rho: float) -> float:
-        """One SGD step with closed-form forces: dL/dy = sum 2 (dL/dq)(dq/dd^2)(y_i - y_o)."""
-        spec, B, S, loss_fn = self.spec, self.B, self.spec.noise_samples, self.spec.loss
-        heads, noise, size = self._sample(B, S)
-        Y = self.Y.data
+    def _grad_torch(self, heads, noise, c_noise, mu, c_mu, rho, with_value=True):
+        """Batch gradient with torch ops (any device)."""
+        loss_fn, S, Y = self.spec.loss, noise.shape[1], self.Y.data
         y_h = Y[heads]
         pos = self.nbrs[heads]
         diff_p = y_h[:, None, :] - Y[pos]
         diff_n = y_h[:, None, :] - Y[noise]
         d2_p, d2_n = (diff_p * diff_p).sum(-1), (diff_n * diff_n).sum(-1)
         q_pos, q_noise = loss_fn.kernel(d2_p), loss_fn.kernel(d2_n)
-        c_noise = (spec.n_noise * size.float() / self.shard.n_total / S)[:, None].expand(B, S)
+        c_all, q_all = c_noise[:, None].expand(-1, S), q_noise
         if mu is not None:  # approximated cells enter as their means
             diff_m = y_h[:, None, :] - mu[None]
             d2_m = (diff_m * diff_m).sum(-1)
             q_all = torch.cat([q_noise, loss_fn.kernel(d2_m)], 1)
-            c_all = torch.cat([c_noise, self._mean_weights(heads)], 1)
+            c_all = torch.cat([c_all, c_mu], 1)
+        value = float(loss_fn(q_pos, self.p, q_all, c_all, rho).sum())
+        g_pos, g_all, g_params = loss_fn.dq(q_pos, self.p, q_all, c_all, rho)
+        w_p = 2.0 * g_pos * loss_fn.kernel_grad(d2_p, q_pos)
+        w_n = 2.0 * g_all[:, :S] * loss_fn.kernel_grad(d2_n, q_noise)
+        f_p, f_n = w_p[..., None] * diff_p, w_n[..., None] * diff_n
+        g_head = f_p.sum(1) + f_n.sum(1)
+        if mu is not None:  # means are constants: force on the head only
+            w_m = 2.0 * g_all[:, S:] * loss_fn.kernel_grad(d2_m, q_all[:, S:])
+            g_head += (w_m[..., None] * diff_m).sum(1)
+        grad = torch.zeros_like(Y)
+        grad.index_add_(0, heads, g_head)
+        grad.index_add_(0, pos.reshape(-1), f_p.reshape(-1, 2), alpha=-1.0)
+        grad.index_add_(0, noise.reshape(-1), f_n.reshape(-1, 2), alpha=-1.0)
+        return grad, value, g_params
+
+    def _grad_fused(self, heads, noise, c_noise, mu, c_mu, rho, with_value=True):
+        """The same batch gradient from the fused CPU kernel."""
+        from .cpu_kernel import batch_forces
+
+        loss_fn = self.spec.loss
+        loss_kind, kernel_kind, alpha, nu, a, b = loss_fn.fused()
+        if mu is None:
+            mu_np, c_mu_np = np.zeros((0, 2), np.float32), np.zeros(0, np.float32)
+            exclude = np.full(len(heads), -1, dtype=np.int64)
         else:
-            q_all, c_all = q_noise, c_noise
+            mu_np, c_mu_np = mu.numpy(), self._c_mu.numpy()
+            exclude = (self.cell[heads] if self.spec.approximate == "others"
+                       else torch.full_like(heads, -1)).numpy()
+        grad = torch.zeros_like(self.Y.data)
+        value, d_lognu = batch_forces(
+            self.Y.data.numpy(), heads.numpy(), self.nbrs[heads].numpy(), self.p[0].numpy(),
+            noise.numpy(), c_noise.numpy(), mu_np, c_mu_np, exclude, float(rho),
+            loss_kind, kernel_kind, float(alpha), float(nu), float(a), float(b), grad.numpy(),
+            with_value)
+        g_params = {}
+        if isinstance(getattr(loss_fn, "log_z", None), torch.nn.Parameter):
+            g_params[loss_fn.log_z] = torch.tensor(float(d_lognu.sum()))
+        return grad, float(value.sum()), g_params
+
+    def step(self, mu: torch.Tensor | None, lr: float, rho: float, with_value: bool = True) -> float:
+        """One SGD step with closed-form forces: dL/dy = sum 2 (dL/dq)(dq/dd^2)(y_i - y_o).
+
+        Returns the batch's mean loss per head (when ``with_value``)."""
+        spec, B, S = self.spec, self.B, self.spec.noise_samples
+        heads, noise, size = self._sample(B, S)
+        c_noise = spec.n_noise * size.float() / self.shard.n_total / S  # (B,) weight per sample
+        c_mu = self._mean_weights(heads) if mu is not None else None
+        compute = self._grad_fused if self.fused else self._grad_torch
         with torch.no_grad():
-            value = float(loss_fn(q_pos, self.p, q_all, c_all, rho).sum())
-            g_pos, g_all, g_params = loss_fn.dq(q_pos, self.p, q_all, c_all, rho)
-            w_p = 2.0 * g_pos * loss_fn.kernel_grad(d2_p, q_pos)  # dL/dy_h along (y_h - y_j)
-            w_n = 2.0 * g_all[:, :S] * loss_fn.kernel_grad(d2_n, q_noise)
-            f_p, f_n = w_p[..., None] * diff_p, w_n[..., None] * diff_n
-            g_head = f_p.sum(1) + f_n.sum(1)
-            if mu is not None:
-                w_m = 2.0 * g_all[:, S:] * loss_fn.kernel_grad(d2_m, q_all[:, S:])
-                g_head += (w_m[..., None] * diff_m).sum(1)  # means are constants
-            grad = torch.zeros_like(Y)
-            grad.index_add_(0, heads, g_head)
-            grad.index_add_(0, pos.reshape(-1), f_p.reshape(-1, 2), alpha=-1.0)
-            grad.index_add_(0, noise.reshape(-1), f_n.reshape(-1, 2), alpha=-1.0)
+            grad, value, g_params = compute(heads, noise, c_noise, mu, c_mu, rho, with_value)
         self.Y.grad = grad
         for param, g in g_params.items():
             param.grad = g.reshape(param.shape)
@@ -247,14 +284,14 @@ class _ShardTrainer:
             elif t_epoch >= spec.late_exaggeration_time:
                 rho = spec.late_exaggeration
             mu = self.cell_means() if self.uses_means and spec.mean_refresh == "epoch" else None
-            running = 0.0
-            for _ in range(self.steps_per_epoch):
+            for k in range(self.steps_per_epoch):
                 if self.uses_means and spec.mean_refresh == "step":
                     mu = self.cell_means()
                 lr = spec.learning_rate * _lr_factor(spec, step / total)
-                running += self.step(mu, lr, rho)
+                value = self.step(mu, lr, rho, with_value=k == 0)
+                if k == 0:  # the loss of each epoch's first batch (an unbiased estimate)
+                    spec.loss_history.append(value)
                 step += 1
-            spec.loss_history.append(running / self.steps_per_epoch)
             if not math.isfinite(spec.loss_history[-1]):
                 raise FloatingPointError(
                     f"loss became {spec.loss_history[-1]} at epoch {epoch}: lower method.learning_rate"
