@@ -1,0 +1,157 @@
+"""Turn the results table into a markdown summary and the two plots of nomad-projection Fig. 3.
+
+    python -m nebench.report [results_file] [--out DIR] [--k 15]
+
+writes ``DIR/summary.md`` (mean ± sd over seeds for each dataset, method, setting of the
+hyperparameters that vary within the method, and device setup), ``DIR/np_vs_time.png`` (NP@k vs
+wall time) and ``DIR/rta_vs_time.png`` (random triplet accuracy vs wall time): log time axis,
+one panel per dataset, one series per method (split by device setup where a method ran on
+several), its settings joined in order of time (nomad-projection sec. 4.1, Fig. 3).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from nebench.errors import InputError
+from nebench.io import atomic_open
+from nebench.plotting import plot_quality_vs_time
+from nebench.results import read_results
+
+log = logging.getLogger(__name__)
+
+DEFAULT_RESULTS = Path(os.environ.get("NEBENCH_RESULTS_DIR", "results")) / "results.csv"
+#: the device setup of a run
+DEVICE_COLUMNS = ("accelerator", "devices")
+TIME = "time_total_s"
+
+
+def setting_columns(table: pd.DataFrame) -> list[str]:
+    """Hyperparameter (``method.*``) columns that vary within some (dataset, method)."""
+    candidates = [c for c in table.columns if c.startswith("method.")]
+    groups = table.groupby(["dataset", "method"], dropna=False)
+    return [c for c in candidates if (groups[c].nunique(dropna=False) > 1).any()]
+
+
+def summarize(table: pd.DataFrame, quality: Sequence[str]) -> pd.DataFrame:
+    """Mean, sd and seed count of ``quality`` columns and the total time per configuration
+    (dataset, method, the hyperparameters that vary, and the device setup)."""
+    devices = [c for c in DEVICE_COLUMNS if c in table.columns]
+    keys = ["dataset", "method", *setting_columns(table), *devices]
+    columns = [c for c in (*quality, TIME) if c in table.columns]
+    grouped = table.groupby(keys, dropna=False, sort=True)
+    summary = grouped[columns].agg(["mean", "std"])
+    summary.columns = [f"{c}_{stat}" for c, stat in summary.columns]
+    summary["seeds"] = grouped.size()
+    return summary.reset_index()
+
+
+def markdown(summary: pd.DataFrame, quality: Sequence[str]) -> str:
+    """A markdown table with one ``mean ± sd`` cell per metric."""
+    keys = [c for c in summary.columns if not c.endswith(("_mean", "_std")) and c != "seeds"]
+    metrics = [c for c in (*quality, TIME) if f"{c}_mean" in summary.columns]
+    header = [*keys, "seeds", *(_title(m) for m in metrics)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for _, row in summary.iterrows():
+        cells = [_cell(row[k]) for k in keys] + [str(row["seeds"])]
+        for m in metrics:
+            digits = 1 if m == TIME else 3
+            mean, sd = row[f"{m}_mean"], row[f"{m}_std"]
+            cell = "" if pd.isna(mean) else f"{mean:.{digits}f}"
+            cells.append(cell if pd.isna(sd) or not cell else f"{cell} ± {sd:.{digits}f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def fig3_points(summary: pd.DataFrame, quality: str) -> pd.DataFrame:
+    """The points of one Fig. 3 plot: a series per method, split by device setup where a
+    method ran on several (e.g. "nomad (cuda x 4)")."""
+    series = summary["method"].astype(str)
+    device_columns = [c for c in DEVICE_COLUMNS if c in summary.columns]
+    if device_columns:
+        setup = summary[device_columns].map(_cell).agg(" x ".join, axis=1)
+        several = setup.groupby(summary["method"]).transform("nunique") > 1
+        series = series.where(~several, series + " (" + setup + ")")
+    return pd.DataFrame(
+        {
+            "dataset": summary["dataset"],
+            "series": series,
+            "time": summary[f"{TIME}_mean"],
+            "time_sd": summary[f"{TIME}_std"],
+            "quality": summary[f"{quality}_mean"],
+            "quality_sd": summary[f"{quality}_std"],
+        }
+    ).dropna(subset=["time", "quality"])
+
+
+def write_report(results_file: str | os.PathLike, out: str | os.PathLike, k: int = 15) -> Path:
+    """Write ``summary.md``, ``np_vs_time.png`` and ``rta_vs_time.png`` into ``out``."""
+    results_file = Path(results_file)
+    if not results_file.is_file():
+        raise InputError(
+            f"no results table at {results_file}; run `python run.py ...` first (rows land in "
+            "${paths.results_dir}/results.csv) or pass the table's path."
+        )
+    table = read_results(results_file) if results_file.stat().st_size else pd.DataFrame()
+    if table.empty:
+        raise InputError(
+            f"the results table {results_file} has no rows; run some experiments first."
+        )
+    np_k = f"np@{k}"
+    if np_k not in table.columns:
+        available = sorted(c for c in table.columns if c.startswith("np@") and "ci95" not in c)
+        raise InputError(
+            f"the results table has no {np_k} column; pick --k from {', '.join(available)} "
+            "(or rerun with metrics.ks including it)."
+        )
+    quality = [c for c in table.columns if c.startswith("np@") and not c.endswith("_ci95")]
+    quality += [c for c in ("rta", "knn_acc") if c in table.columns]
+    summary = summarize(table, quality)
+    out = Path(out)
+    with atomic_open(out / "summary.md", "w") as f:
+        f.write(f"# Results ({len(table)} runs from {results_file})\n\n")
+        f.write(markdown(summary, quality))
+    plot_quality_vs_time(fig3_points(summary, np_k), np_k, f"NP@{k}", out / "np_vs_time.png")
+    plot_quality_vs_time(
+        fig3_points(summary, "rta"), "rta", "random triplet accuracy", out / "rta_vs_time.png"
+    )
+    log.info("wrote %s, np_vs_time.png and rta_vs_time.png", out / "summary.md")
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Command line entry point (``python -m nebench.report``)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m nebench.report", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("results_file", nargs="?", default=DEFAULT_RESULTS, type=Path)
+    parser.add_argument(
+        "--out", type=Path, default=None, help="output dir (default: <table dir>/report)"
+    )
+    parser.add_argument("--k", type=int, default=15, help="k of the NP@k plot (default 15)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        write_report(args.results_file, args.out or args.results_file.parent / "report", args.k)
+    except InputError as exc:
+        parser.exit(2, f"error: {exc}\n")
+
+
+def _title(metric: str) -> str:
+    return {"rta": "RTA", "knn_acc": "kNN acc", TIME: "time (s)"}.get(metric, metric.upper())
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return "" if pd.isna(value) else str(value)
+
+
+if __name__ == "__main__":
+    main()

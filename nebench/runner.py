@@ -1,0 +1,384 @@
+"""One run: one method on one dataset, measured as the NOMAD paper measures it.
+
+``run`` checks the whole request before any heavy work (method parameters, devices, metric
+options, then the data), times ``method.fit_transform(X)`` (from the array in memory to the 2-D
+embedding, kNN and affinities included, metrics excluded; nomad-projection sec. 4.1), evaluates
+the embedding and writes the run contract into the Hydra run dir:
+
+* ``config.yaml``: the resolved config;
+* ``embedding.npy``: n x 2 float32, rows in dataset order;
+* ``embedding.png``: scatter plot coloured by label (density-shaded for large n);
+* ``metrics.json``: flat metrics, ``time_total_s``, ``time_<phase>_s``, ``time_metrics_s``
+  (not part of the total), ``peak_rss_gb``, ``n``, ``dim``, ``accelerator``, ``devices``;
+  written last of the files, then one row is appended to the results table.
+
+``main`` is the Hydra task: a failed run removes its result files, leaves ``error.txt`` and
+exits non-zero (a job of a sweep returns instead, so the sweep goes on; ``SweepFailures``
+makes the sweep exit non-zero at its end).
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import resource
+import sys
+import time
+from collections.abc import Callable
+from contextlib import suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from hydra.utils import get_class
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from metrics import evaluate
+from nebench.datasets import check_data, load_dataset
+from nebench.devices import resolve_devices
+from nebench.errors import InputError
+from nebench.io import atomic_open
+from nebench.method import EmbeddingMethod
+from nebench.plotting import plot_embedding
+from nebench.results import append_row, check_results_path, code_version, timestamp
+
+log = logging.getLogger(__name__)
+
+#: files that only a successful run leaves (removed when a run fails)
+RESULT_FILES = ("embedding.npy", "embedding.png", "metrics.json")
+ERROR_FILE = "error.txt"
+#: method config keys that are not constructor arguments
+CONFIG_KEYS = ("name", "_target_")
+#: constructor arguments the harness sets (from ``seed`` and ``trainer``), never the method config
+RUNTIME_KEYS = ("random_state", "accelerator", "devices")
+#: constructor arguments that are not hyperparameters (kept out of the results table)
+NOT_HYPERPARAMETERS = ("cache_dir",)
+#: arguments of ``metrics.evaluate`` the runner fills in itself
+EVALUATE_INPUTS = ("X", "Y", "y", "n_train", "seed")
+
+
+def _is_count(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _is_positive(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
+
+
+#: key -> (check, rule, example value) for hyperparameters shared by several methods
+HYPERPARAMETER_RULES: dict[str, tuple[Callable[[Any], bool], str, Any]] = {
+    "n_epochs": (_is_count, "a whole number >= 0", 500),
+    "n_iter": (_is_count, "a whole number >= 0", 500),
+    "n_neighbors": (lambda v: _is_count(v) and v >= 1, "a whole number >= 1", 15),
+    "learning_rate": (lambda v: v == "auto" or _is_positive(v), "a number > 0 or auto", "auto"),
+}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A checked request: the built (not yet fitted) method and how to run and measure it."""
+
+    name: str
+    method: EmbeddingMethod
+    hyperparameters: dict[str, Any]
+    accelerator: str
+    devices: int
+    metric_options: dict[str, Any]
+    min_points: int
+
+
+def prepare(cfg: DictConfig) -> Plan:
+    """Check everything that needs no data and build the method (its ``__init__`` does no work)."""
+    seed = cfg.seed
+    if not _is_count(seed):
+        raise InputError(f"seed={seed!r} must be a whole number >= 0; e.g. seed=0.")
+    method_cfg = _container(cfg.method, "method")
+    name = str(method_cfg.get("name", "?"))
+    cls = _method_class(name, method_cfg.get("_target_"))
+    hyperparameters = {k: v for k, v in method_cfg.items() if k not in CONFIG_KEYS}
+    _check_hyperparameters(name, hyperparameters)
+    accelerator, devices = resolve_devices(_container(cfg.trainer, "trainer"), cls, name)
+
+    accepted, open_ended = constructor_parameters(cls)
+    runtime = {"random_state": seed, "accelerator": accelerator, "devices": devices}
+    kwargs = {**hyperparameters, **{k: v for k, v in runtime.items() if k in accepted}}
+    unknown = [] if open_ended else sorted(set(kwargs) - set(accepted))
+    if unknown:
+        raise InputError(
+            f"method {name!r} has no parameter {', '.join(unknown)}; its parameters are: "
+            f"{', '.join(p for p in accepted if p not in RUNTIME_KEYS)}. Remove or rename the "
+            "method.<key> override (or the key in its conf/method/ file)."
+        )
+    metric_options = _container(cfg.metrics, "metrics")
+    _check_metric_options(metric_options)
+    try:
+        method = cls(**kwargs)
+    except TypeError as exc:  # __init__ only stores its arguments: this is a config mismatch
+        raise InputError(f"method {name!r}: {exc}; fix its conf/method/ file.") from exc
+
+    n_neighbors = kwargs.get("n_neighbors")
+    return Plan(
+        name=name,
+        method=method,
+        hyperparameters=hyperparameters,
+        accelerator=accelerator,
+        devices=devices,
+        metric_options=metric_options,
+        min_points=n_neighbors + 1 if n_neighbors is not None else 2,
+    )
+
+
+def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
+    """Run the configured method on the configured dataset; write the run contract into
+    ``out_dir``, append the results row, and return the contents of ``metrics.json``."""
+    _reset_peak_rss()
+    resolved = _container(cfg, "the config")
+    with atomic_open(out_dir / "config.yaml", "w") as f:
+        f.write(OmegaConf.to_yaml(resolved))
+    results_file = check_results_path(cfg.results_file)
+    plan = prepare(cfg)
+
+    data = load_dataset(cfg.dataset, cfg.paths.data_dir, cfg.seed)
+    check_data(data.X, min_points=plan.min_points)
+    n, dim = data.X.shape
+    log.info("%s on %s: n=%d, dim=%d", plan.name, data.name, n, dim)
+
+    start = time.perf_counter()
+    Y = plan.method.fit_transform(data.X)
+    time_total = time.perf_counter() - start
+    peak_rss_gb = _peak_rss_gb()
+    Y = _check_embedding(Y, n, plan.name)
+
+    start = time.perf_counter()
+    scores = evaluate(data.X, Y, data.y, data.n_train, **plan.metric_options, seed=cfg.seed)
+    time_metrics = time.perf_counter() - start
+    phases = getattr(plan.method, "timings_", {})
+    metrics = _plain(
+        {
+            **scores,
+            "time_total_s": time_total,
+            **{f"time_{phase}_s": seconds for phase, seconds in phases.items()},
+            "time_metrics_s": time_metrics,
+            "peak_rss_gb": peak_rss_gb,
+            "n": n,
+            "dim": dim,
+            "accelerator": plan.accelerator,
+            "devices": plan.devices,
+        }
+    )
+
+    with atomic_open(out_dir / "embedding.npy") as f:
+        np.save(f, Y)
+    title = f"{plan.name} on {data.name} (n={n:,}, seed {cfg.seed}, {time_total:.1f} s)"
+    plot_embedding(Y, out_dir / "embedding.png", data.y, data.label_names, title)
+    with atomic_open(out_dir / "metrics.json", "w") as f:
+        json.dump(metrics, f, indent=2)
+    log.info("result:\n%s", result_table(plan.name, data.name, metrics))
+    row = {
+        "method": plan.name,
+        "dataset": data.name,
+        "n": n,
+        "dim": dim,
+        "seed": cfg.seed,
+        **{
+            f"method.{key}": value
+            for key, value in plan.hyperparameters.items()
+            if key not in NOT_HYPERPARAMETERS
+        },
+        **metrics,
+        "code_version": code_version(),
+        "run_dir": str(out_dir),
+        "timestamp": timestamp(),
+    }
+    append_row(results_file, row)
+    return metrics
+
+
+def main(cfg: DictConfig) -> dict[str, Any] | None:
+    """Hydra task: ``run`` into the job's output dir; on failure leave ``error.txt`` instead."""
+    hydra_cfg = HydraConfig.get()
+    out_dir = Path(hydra_cfg.runtime.output_dir)
+    try:
+        return run(cfg, out_dir)
+    except BaseException as exc:
+        _record_failure(out_dir, exc)
+        if not isinstance(exc, Exception):  # KeyboardInterrupt, SystemExit
+            raise
+        if hydra_cfg.mode == RunMode.RUN:
+            sys.exit(1)
+        return None
+
+
+class SweepFailures(Callback):
+    """Hydra callback: a sweep in which any job failed exits non-zero once all jobs are done.
+
+    Jobs report failure through ``error.txt`` in their run dirs, which works alike for the
+    basic, joblib and submitit launchers (jobs may run in other processes or on other hosts).
+    """
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._before = _error_files(Path(config.hydra.sweep.dir))
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        errors = _error_files(Path(config.hydra.sweep.dir))
+        failed = sorted(path for path, mtime in errors.items() if self._before.get(path) != mtime)
+        if failed:
+            log.error(
+                "%d job(s) of the sweep failed:\n%s",
+                len(failed),
+                "\n".join(f"  {path.parent}: {path.read_text().strip()}" for path in failed),
+            )
+            sys.exit(1)
+
+
+def result_table(method: str, dataset: str, metrics: dict[str, Any]) -> str:
+    """The short result table printed after a run."""
+    row = {"method": method, "dataset": dataset, "n": metrics["n"]}
+    for key, value in metrics.items():
+        if key.startswith("np@") and not key.endswith("_ci95"):
+            row[key.upper()] = value
+    row["RTA"] = metrics.get("rta")
+    if "knn_acc" in metrics:
+        row["knn_acc"] = metrics["knn_acc"]
+    row["time (s)"] = metrics["time_total_s"]
+    return pd.DataFrame([row]).to_string(index=False, float_format=lambda v: f"{v:.4f}")
+
+
+def _container(node: Any, what: str) -> dict[str, Any]:
+    try:
+        return OmegaConf.to_container(node, resolve=True)
+    except OmegaConfBaseException as exc:
+        raise InputError(
+            f"{what} does not resolve: {exc}. Fix the override or config value it names "
+            "(or set the environment variable it reads)."
+        ) from exc
+
+
+def _method_class(name: str, target: str | None) -> type[EmbeddingMethod]:
+    if not target:
+        raise InputError(
+            f"the config of method {name!r} has no _target_; add `_target_: package.module.Class` "
+            "(an nebench.method.EmbeddingMethod subclass) to its file in conf/method/."
+        )
+    try:
+        cls = get_class(target)
+    except Exception as exc:
+        raise InputError(
+            f"method {name!r}: cannot import its _target_ {target} ({exc}); fix _target_ in its "
+            "conf/method/ file or install the package it needs."
+        ) from exc
+    if not issubclass(cls, EmbeddingMethod):
+        raise InputError(
+            f"method {name!r}: {target} is not an nebench.method.EmbeddingMethod; point _target_ "
+            "at a class that follows the method contract (nebench/method.py)."
+        )
+    return cls
+
+
+def _check_hyperparameters(name: str, hyperparameters: dict[str, Any]) -> None:
+    for key in RUNTIME_KEYS:
+        if key in hyperparameters:
+            raise InputError(
+                f"method {name!r} sets {key} in its config, but the harness sets it (random_state "
+                f"from seed, accelerator and devices from trainer); remove method.{key} and use "
+                "seed=... or trainer.accelerator=... / trainer.devices=... instead."
+            )
+    for key, (ok, rule, example) in HYPERPARAMETER_RULES.items():
+        value = hyperparameters.get(key)
+        if value is not None and not ok(value):
+            raise InputError(
+                f"method.{key}={value!r} for method {name!r}: must be {rule}; "
+                f"e.g. method.{key}={example}."
+            )
+
+
+def constructor_parameters(cls: type) -> tuple[list[str], bool]:
+    """Keyword parameters of ``cls(...)``, following ``**kwargs`` up the MRO (subclasses that
+    forward ``**kwargs`` to their base's ``__init__``); the flag is True when the chain ends in
+    ``**kwargs`` (any keyword may be accepted: the constructor decides)."""
+    names: list[str] = []
+    for klass in cls.__mro__[:-1]:  # not object
+        if "__init__" not in vars(klass):
+            continue
+        params = list(inspect.signature(vars(klass)["__init__"]).parameters.values())[1:]
+        names += [
+            p.name
+            for p in params
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in names
+        ]
+        if not any(p.kind is p.VAR_KEYWORD for p in params):
+            return names, False
+    return names, True
+
+
+def _check_metric_options(options: dict[str, Any]) -> None:
+    accepted = [p for p in inspect.signature(evaluate).parameters if p not in EVALUATE_INPUTS]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise InputError(
+            f"metrics has no option {', '.join(unknown)} (the runner sets X, Y, y, n_train and "
+            f"seed itself); its options are: {', '.join(accepted)}. Remove or rename the "
+            "metrics.<key> override."
+        )
+
+
+def _check_embedding(Y: Any, n: int, name: str) -> np.ndarray:
+    Y = np.asarray(Y)
+    if Y.shape != (n, 2):
+        raise RuntimeError(f"method {name!r} returned an array of shape {Y.shape}, not ({n}, 2)")
+    bad = int(np.count_nonzero(~np.isfinite(Y).all(axis=1)))
+    if bad:
+        raise RuntimeError(
+            f"method {name!r} returned NaN/inf in {bad} of {n} rows: the optimisation diverged; "
+            "lower method.learning_rate or check the scale of the data"
+        )
+    return Y.astype(np.float32, copy=False)
+
+
+def _plain(values: dict[str, Any]) -> dict[str, Any]:
+    """numpy scalars as Python scalars (JSON and table cells)."""
+    return {k: v.item() if isinstance(v, np.generic) else v for k, v in values.items()}
+
+
+def _reset_peak_rss() -> None:
+    """Restart this process's RSS high-water mark (Linux; elsewhere a no-op), so that a sweep
+    worker that runs several jobs reports each run's own peak."""
+    with suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
+
+
+def _peak_rss_gb() -> float:
+    """Peak resident memory of this process and of its finished child processes (e.g. one per
+    device), in GB of 1e9 bytes. Children are counted from the start of the process."""
+    peak = max(
+        resource.getrusage(who).ru_maxrss
+        for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+    )
+    bytes_per_unit = 1 if sys.platform == "darwin" else 1024  # ru_maxrss is KiB on Linux
+    return peak * bytes_per_unit / 1e9
+
+
+def _record_failure(out_dir: Path, exc: BaseException) -> None:
+    for name in RESULT_FILES:
+        (out_dir / name).unlink(missing_ok=True)
+    if isinstance(exc, InputError):
+        message = str(exc)
+        log.error("run failed: %s", message)
+    else:
+        message = f"{type(exc).__name__}: {exc} (traceback in the log in {out_dir})"
+        log.error("run failed: %s", message, exc_info=exc)
+    with atomic_open(out_dir / ERROR_FILE, "w") as f:
+        f.write(message + "\n")
+
+
+def _error_files(sweep_dir: Path) -> dict[Path, int]:
+    if not sweep_dir.exists():
+        return {}
+    return {path: path.stat().st_mtime_ns for path in sweep_dir.rglob(ERROR_FILE)}
