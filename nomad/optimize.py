@@ -253,7 +253,7 @@ class _ShardTrainer:
         spec, B, S = self.spec, self.B, self.spec.noise_samples
         heads, noise, size = self._sample(B, S)
         c_noise = spec.n_noise * size.float() / self.shard.n_total / S  # (B,) weight per sample
-        c_mu = self._mean_weights(heads) if mu is not None else None
+        c_mu = self._mean_weights(heads) if mu is not None and not self.fused else None
         compute = self._grad_fused if self.fused else self._grad_torch
         with torch.no_grad():
             grad, value, g_params = compute(heads, noise, c_noise, mu, c_mu, rho, with_value)
@@ -270,6 +270,17 @@ class _ShardTrainer:
         return value / B
 
     def train(self) -> np.ndarray:
+        if not self.fused:
+            return self._train()
+        # the fused kernel has its own threads; torch's small sampling ops run faster on one
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return self._train()
+        finally:
+            torch.set_num_threads(threads)
+
+    def _train(self) -> np.ndarray:
         spec = self.spec
         total = spec.n_epochs * self.steps_per_epoch
         step = 0
