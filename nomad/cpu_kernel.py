@@ -34,8 +34,7 @@ def _kernel_grad(d2, q, kernel_kind, a, b):
     return -a * b * max(d2, 1e-12) ** (b - 1.0) * q * q
 
 
-@numba.njit(parallel=True, fastmath=True, cache=True)
-def batch_forces(Y, heads, pos, p, noise, c_noise, mu, c_mu, exclude_cell, rho,
+def _batch_forces(Y, heads, pos, p, noise, c_noise, mu, c_mu, exclude_cell, rho,
                  loss_kind, kernel_kind, alpha, nu, a, b, grad, with_value):
     """Add the batch gradient to ``grad`` (n, 2); return per-head losses (when
     ``with_value``; zeros otherwise, saving two logs per pair) and dL/dlog(nu)."""
@@ -146,3 +145,66 @@ def batch_forces(Y, heads, pos, p, noise, c_noise, mu, c_mu, exclude_cell, rho,
             grad[m, 0] -= f_noise[h, s, 0]
             grad[m, 1] -= f_noise[h, s, 1]
     return value, d_lognu
+
+
+batch_forces = numba.njit(parallel=True, fastmath=True, cache=True)(_batch_forces)
+#: the same kernel on one thread: small batches, where thread start-up costs more than it saves
+batch_forces_serial = numba.njit(fastmath=True, cache=True)(_batch_forces)
+#: pairs per batch below which the serial kernel is used
+PARALLEL_MIN_PAIRS = 100_000
+
+
+@numba.njit(cache=True)
+def fused_epoch(Y, velocity, nbrs, p, dom_lo, dom_n, n_total, n_noise, S, B, lrs, momentum, clip,
+                mu, c_mu, head_cell, exclude_own, rho, loss_kind, kernel_kind, alpha, log_nu,
+                learn_nu, lr_nu, a, b, seed):
+    """One epoch of SGD steps, all in compiled code (the CPU fast path).
+
+    Each step draws B heads uniformly and S noise points per head from its domain
+    [dom_lo, dom_lo + dom_n) (numpy's generator, seeded per epoch, drawn serially so the
+    result does not depend on the thread count), computes the batch gradient with
+    :func:`batch_forces`, clips it, and takes an SGD step with momentum (torch's rule:
+    v = momentum v + g; y -= lr v) at ``lrs[step]``. NCE's log(nu) takes plain SGD steps
+    at ``lr_nu``. Returns the first step's mean loss per head and the final log(nu).
+    """
+    np.random.seed(seed)
+    n_local = Y.shape[0]
+    grad = np.zeros_like(Y)
+    heads = np.empty(B, dtype=np.int64)
+    noise = np.empty((B, S), dtype=np.int64)
+    c_noise = np.empty(B, dtype=np.float32)
+    exclude = np.full(B, -1, dtype=np.int64)
+    first_loss = 0.0
+    for step in range(lrs.shape[0]):
+        for h in range(B):
+            i = np.random.randint(0, n_local)
+            heads[h] = i
+            lo, size = dom_lo[i], dom_n[i]
+            for s in range(S):
+                noise[h, s] = lo + np.random.randint(0, size)
+            c_noise[h] = n_noise * size / n_total / S
+            if exclude_own:
+                exclude[h] = head_cell[i]
+        grad[:] = 0.0
+        nu = np.exp(log_nu)
+        args = (Y, heads, nbrs[heads], p, noise, c_noise, mu, c_mu, exclude, rho, loss_kind,
+                kernel_kind, alpha, nu, a, b, grad, step == 0)
+        if B * (nbrs.shape[1] + S + mu.shape[0]) >= PARALLEL_MIN_PAIRS:
+            value, d_lognu = batch_forces(*args)
+        else:
+            value, d_lognu = batch_forces_serial(*args)
+        if step == 0:
+            first_loss = value.sum() / B
+        if learn_nu:
+            log_nu -= lr_nu * d_lognu.sum()
+        lr = lrs[step]
+        for i in range(n_local):
+            for d in range(2):
+                g = grad[i, d]
+                if clip > 0:
+                    g = min(max(g, -clip), clip)
+                if momentum > 0:
+                    velocity[i, d] = momentum * velocity[i, d] + g
+                    g = velocity[i, d]
+                Y[i, d] -= lr * g
+    return first_loss, log_nu

@@ -69,7 +69,11 @@ def _worker(rank: int, world_size: int, workdir: str, accelerator: str, timeout_
     if accelerator == "cuda":
         torch.cuda.set_device(rank)
     else:  # share the cores between the CPU workers
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
+        import numba
+
+        threads = max(1, (os.cpu_count() or 1) // world_size)
+        torch.set_num_threads(threads)
+        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
     dist.init_process_group(backend, rank=rank, world_size=world_size,
                             timeout=timedelta(seconds=timeout_s))
     try:

@@ -107,7 +107,7 @@ class _BinaryNCE(ContrastiveLoss):
         return g_pos, g_noise, params
 
     def fused(self):
-        return 1, 0, 1.0, float(self.log_nu().exp()), 1.0, 1.0
+        return 1, 0, 1.0, float(self.log_nu().detach().exp()), 1.0, 1.0
 
 
 class NegTSNE(_BinaryNCE):

@@ -152,7 +152,7 @@ class _ShardTrainer:
         params = [{"params": [self.Y], "lr": spec.learning_rate}]
         extra = [q for q in spec.loss.parameters() if q.requires_grad]
         if extra:  # NCE's log Z: fixed lr 1e-3 (cne)
-            params.append({"params": extra, "lr": 1e-3, "fixed": True})
+            params.append({"params": extra, "lr": 1e-3, "momentum": 0.0, "fixed": True})
         self.opt = torch.optim.SGD(params, lr=spec.learning_rate, momentum=spec.momentum)
         self.spec.loss.to(dev)
 
@@ -280,33 +280,61 @@ class _ShardTrainer:
         finally:
             torch.set_num_threads(threads)
 
+    def _fused_epoch(self, mu: torch.Tensor | None, lrs: np.ndarray, rho: float, epoch: int) -> float:
+        """One epoch in the compiled CPU loop (:func:`nomad.cpu_kernel.fused_epoch`)."""
+        from .cpu_kernel import fused_epoch
+
+        spec, loss_fn = self.spec, self.spec.loss
+        if not hasattr(self, "_velocity"):
+            self._velocity = np.zeros_like(self.Y.data.numpy())
+            others = spec.approximate == "others"
+            self._dom_lo = (self.cell_lo if others else torch.zeros_like(self.cell)).numpy()
+            self._dom_n = (self.cell_n if others else torch.full_like(self.cell, self.n_local)).numpy()
+        loss_kind, kernel_kind, alpha, nu, a, b = loss_fn.fused()
+        learn_nu = isinstance(getattr(loss_fn, "log_z", None), torch.nn.Parameter)
+        no_mu = mu is None
+        value, log_nu = fused_epoch(
+            self.Y.data.numpy(), self._velocity, self.nbrs.numpy(), self.p[0].numpy(),
+            self._dom_lo, self._dom_n, self.shard.n_total, float(spec.n_noise), spec.noise_samples,
+            self.B, lrs, float(spec.momentum), float(spec.clip_grad or 0.0),
+            np.zeros((0, 2), np.float32) if no_mu else mu.numpy(),
+            np.zeros(0, np.float32) if no_mu else self._c_mu.numpy(),
+            self.cell.numpy(), spec.approximate == "others", float(rho), loss_kind, kernel_kind,
+            float(alpha), math.log(nu) if nu > 0 else 0.0, learn_nu, 1e-3, float(a), float(b),
+            (spec.seed * 1_000_003 + self.shard.rank * 10_007 + epoch) % (2**32))
+        if learn_nu:
+            loss_fn.log_z.data.fill_(log_nu - math.log(loss_fn.m))
+        return float(value)
+
     def _train(self) -> np.ndarray:
         spec = self.spec
-        total = spec.n_epochs * self.steps_per_epoch
-        step = 0
+        steps = self.steps_per_epoch
+        total = spec.n_epochs * steps
+        scale = 1.0 / self.B if spec.aggregation == "mean" else 1.0
         bar = tqdm(range(spec.n_epochs), disable=not (spec.verbose and self.shard.rank == 0),
                    desc="epochs", leave=False)
         for epoch in bar:
             _maybe_inject_fault(self.shard.rank, epoch)
-            t_epoch = epoch / spec.n_epochs
             rho = 1.0
             if epoch < spec.early_exaggeration_epochs:
                 rho = spec.early_exaggeration
-            elif t_epoch >= spec.late_exaggeration_time:
+            elif epoch / spec.n_epochs >= spec.late_exaggeration_time:
                 rho = spec.late_exaggeration
             mu = self.cell_means() if self.uses_means and spec.mean_refresh == "epoch" else None
-            for k in range(self.steps_per_epoch):
-                if self.uses_means and spec.mean_refresh == "step":
-                    mu = self.cell_means()
-                lr = spec.learning_rate * _lr_factor(spec, step / total)
-                value = self.step(mu, lr, rho, with_value=k == 0)
-                if k == 0:  # the loss of each epoch's first batch (an unbiased estimate)
-                    spec.loss_history.append(value)
-                step += 1
-            if not math.isfinite(spec.loss_history[-1]):
+            lrs = np.array([spec.learning_rate * _lr_factor(spec, (epoch * steps + k) / total)
+                            for k in range(steps)])
+            if self.fused and spec.mean_refresh == "epoch":
+                value = self._fused_epoch(mu, (lrs * scale).astype(np.float64), rho, epoch)
+            else:
+                for k in range(steps):
+                    if self.uses_means and spec.mean_refresh == "step":
+                        mu = self.cell_means()
+                    loss_k = self.step(mu, float(lrs[k]), rho, with_value=k == 0)
+                    value = loss_k if k == 0 else value
+            spec.loss_history.append(value)  # the loss of the epoch's first batch
+            if not math.isfinite(value):
                 raise FloatingPointError(
-                    f"loss became {spec.loss_history[-1]} at epoch {epoch}: lower method.learning_rate"
-                )
+                    f"loss became {value} at epoch {epoch}: lower method.learning_rate")
         return self.Y.detach().cpu().numpy()
 
 

@@ -1,0 +1,1 @@
+"""Benchmark and figure scripts (run as ``python -m experiments.<name>``)."""
