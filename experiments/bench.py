@@ -49,7 +49,7 @@ from nebench.datasets import Dataset, check_data, load_dataset
 from nebench.errors import InputError
 from nebench.io import atomic_open
 from nebench.results import code_version, timestamp
-from nebench.runner import Plan, _check_embedding, _peak_rss_gb, prepare
+from nebench.runner import Plan, check_embedding, measure_peak_rss_gb, prepare
 
 log = logging.getLogger(__name__)
 
@@ -300,7 +300,7 @@ def _row(
     row["device"] = plan.accelerator + (f" x{plan.devices}" if plan.devices > 1 else "")
     try:
         measured = _in_child(entry.config, x_path, y_path)
-        Y = _check_embedding(np.load(y_path), len(X), entry.name)
+        Y = check_embedding(np.load(y_path), len(X), entry.name)
         scores = evaluate(X, Y, data.y, data.n_train, **plan.metric_options, seed=seed)
     except ImportError as exc:  # a peer imported only when fitting
         note = f"skipped: {_import_failure(exc)}"
@@ -349,7 +349,7 @@ def _measure(config: dict[str, Any], x_path: str, y_path: str) -> dict[str, Any]
     start = time.perf_counter()
     Y = plan.method.fit_transform(X)
     time_total = time.perf_counter() - start
-    peak_rss_gb = _peak_rss_gb()
+    peak_rss_gb = measure_peak_rss_gb()
     np.save(y_path, np.asarray(Y))
     return {
         "time_total_s": time_total,

@@ -153,8 +153,8 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     start = time.perf_counter()
     Y = plan.method.fit_transform(data.X)
     time_total = time.perf_counter() - start
-    peak_rss_gb = _peak_rss_gb()
-    Y = _check_embedding(Y, n, plan.name)
+    peak_rss_gb = measure_peak_rss_gb()
+    Y = check_embedding(Y, n, plan.name)
 
     start = time.perf_counter()
     scores = evaluate(data.X, Y, data.y, data.n_train, **plan.metric_options, seed=cfg.seed)
@@ -329,7 +329,7 @@ def _check_metric_options(options: dict[str, Any]) -> None:
         )
 
 
-def _check_embedding(Y: Any, n: int, name: str) -> np.ndarray:
+def check_embedding(Y: Any, n: int, name: str) -> np.ndarray:
     Y = np.asarray(Y)
     if Y.shape != (n, 2):
         raise RuntimeError(f"method {name!r} returned an array of shape {Y.shape}, not ({n}, 2)")
@@ -354,7 +354,7 @@ def _reset_peak_rss() -> None:
         Path("/proc/self/clear_refs").write_text("5")
 
 
-def _peak_rss_gb() -> float:
+def measure_peak_rss_gb() -> float:
     """Peak resident memory of this process and of its finished child processes (e.g. one per
     device), in GB of 1e9 bytes. Children are counted from the start of the process."""
     peak = max(

@@ -35,7 +35,7 @@ def _kernel_grad(d2, q, kernel_kind, a, b):
 
 
 def _batch_forces(Y, heads, pos, p, noise, c_noise, mu, c_mu, exclude_cell, rho,
-                 loss_kind, kernel_kind, alpha, nu, a, b, grad, with_value):
+                 loss_kind, kernel_kind, alpha, nu, a, b, grad, with_value, n_threads):
     """Add the batch gradient to ``grad`` (n, 2); return per-head losses (when
     ``with_value``; zeros otherwise, saving two logs per pair) and dL/dlog(nu)."""
     B, K = pos.shape
@@ -53,9 +53,10 @@ def _batch_forces(Y, heads, pos, p, noise, c_noise, mu, c_mu, exclude_cell, rho,
         yi0, yi1 = Y[i, 0], Y[i, 1]
         qn = q_noise[h]
         z = 0.0  # sum_s c_s q_s (+ cell means): InfoNCE's noise mass
-        for s in range(S):
+        for s in range(S):  # f_noise holds (y_i - y_m) until the forces replace it
             m = noise[h, s]
             dx, dy = yi0 - Y[m, 0], yi1 - Y[m, 1]
+            f_noise[h, s, 0], f_noise[h, s, 1] = dx, dy
             qn[s] = _kernel(dx * dx + dy * dy, kernel_kind, a, b)
             z += c_noise[h] * qn[s]
         for r in range(C):
@@ -91,8 +92,7 @@ def _batch_forces(Y, heads, pos, p, noise, c_noise, mu, c_mu, exclude_cell, rho,
             hx += w * dx
             hy += w * dy
         for s in range(S):
-            m = noise[h, s]
-            dx, dy = yi0 - Y[m, 0], yi1 - Y[m, 1]
+            dx, dy = f_noise[h, s, 0], f_noise[h, s, 1]
             d2 = dx * dx + dy * dy
             q = qn[s]
             c = c_noise[h]
@@ -132,18 +132,27 @@ def _batch_forces(Y, heads, pos, p, noise, c_noise, mu, c_mu, exclude_cell, rho,
                 hx += w * dx
                 hy += w * dy
         f_head[h, 0], f_head[h, 1] = hx, hy
-    for h in range(B):  # serial scatter: no write conflicts
-        i = heads[h]
-        grad[i, 0] += f_head[h, 0]
-        grad[i, 1] += f_head[h, 1]
-        for j in range(K):
-            o = pos[h, j]
-            grad[o, 0] -= f_pos[h, j, 0]
-            grad[o, 1] -= f_pos[h, j, 1]
-        for s in range(S):
-            m = noise[h, s]
-            grad[m, 0] -= f_noise[h, s, 0]
-            grad[m, 1] -= f_noise[h, s, 1]
+    # scatter, owner-computes: thread t adds only into rows [lo, hi), visiting the forces in
+    # the same order as a serial loop would, so the sum is bitwise the same for any thread count
+    n = grad.shape[0]
+    T = n_threads
+    for t in numba.prange(T):
+        lo, hi = t * n // T, (t + 1) * n // T
+        for h in range(B):
+            i = heads[h]
+            if lo <= i < hi:
+                grad[i, 0] += f_head[h, 0]
+                grad[i, 1] += f_head[h, 1]
+            for j in range(K):
+                o = pos[h, j]
+                if lo <= o < hi:
+                    grad[o, 0] -= f_pos[h, j, 0]
+                    grad[o, 1] -= f_pos[h, j, 1]
+            for s in range(S):
+                m = noise[h, s]
+                if lo <= m < hi:
+                    grad[m, 0] -= f_noise[h, s, 0]
+                    grad[m, 1] -= f_noise[h, s, 1]
     return value, d_lognu
 
 
@@ -157,7 +166,7 @@ PARALLEL_MIN_PAIRS = 100_000
 @numba.njit(cache=True)
 def fused_epoch(Y, velocity, nbrs, p, dom_lo, dom_n, n_total, n_noise, S, B, lrs, momentum, clip,
                 mu, c_mu, head_cell, exclude_own, rho, loss_kind, kernel_kind, alpha, log_nu,
-                learn_nu, lr_nu, a, b, seed):
+                learn_nu, lr_nu, a, b, seed, n_threads):
     """One epoch of SGD steps, all in compiled code (the CPU fast path).
 
     Each step draws B heads uniformly and S noise points per head from its domain
@@ -190,9 +199,9 @@ def fused_epoch(Y, velocity, nbrs, p, dom_lo, dom_n, n_total, n_noise, S, B, lrs
         args = (Y, heads, nbrs[heads], p, noise, c_noise, mu, c_mu, exclude, rho, loss_kind,
                 kernel_kind, alpha, nu, a, b, grad, step == 0)
         if B * (nbrs.shape[1] + S + mu.shape[0]) >= PARALLEL_MIN_PAIRS:
-            value, d_lognu = batch_forces(*args)
+            value, d_lognu = batch_forces(*args, n_threads)
         else:
-            value, d_lognu = batch_forces_serial(*args)
+            value, d_lognu = batch_forces_serial(*args, 1)
         if step == 0:
             first_loss = value.sum() / B
         if learn_nu:

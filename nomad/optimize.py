@@ -224,6 +224,8 @@ class _ShardTrainer:
 
     def _grad_fused(self, heads, noise, c_noise, mu, c_mu, rho, with_value=True):
         """The same batch gradient from the fused CPU kernel."""
+        import numba
+
         from .cpu_kernel import batch_forces
 
         loss_fn = self.spec.loss
@@ -240,7 +242,7 @@ class _ShardTrainer:
             self.Y.data.numpy(), heads.numpy(), self.nbrs[heads].numpy(), self.p[0].numpy(),
             noise.numpy(), c_noise.numpy(), mu_np, c_mu_np, exclude, float(rho),
             loss_kind, kernel_kind, float(alpha), float(nu), float(a), float(b), grad.numpy(),
-            with_value)
+            with_value, numba.get_num_threads())
         g_params = {}
         if isinstance(getattr(loss_fn, "log_z", None), torch.nn.Parameter):
             g_params[loss_fn.log_z] = torch.tensor(float(d_lognu.sum()))
@@ -282,6 +284,8 @@ class _ShardTrainer:
 
     def _fused_epoch(self, mu: torch.Tensor | None, lrs: np.ndarray, rho: float, epoch: int) -> float:
         """One epoch in the compiled CPU loop (:func:`nomad.cpu_kernel.fused_epoch`)."""
+        import numba
+
         from .cpu_kernel import fused_epoch
 
         spec, loss_fn = self.spec, self.spec.loss
@@ -301,7 +305,8 @@ class _ShardTrainer:
             np.zeros(0, np.float32) if no_mu else self._c_mu.numpy(),
             self.cell.numpy(), spec.approximate == "others", float(rho), loss_kind, kernel_kind,
             float(alpha), math.log(nu) if nu > 0 else 0.0, learn_nu, 1e-3, float(a), float(b),
-            (spec.seed * 1_000_003 + self.shard.rank * 10_007 + epoch) % (2**32))
+            (spec.seed * 1_000_003 + self.shard.rank * 10_007 + epoch) % (2**32),
+            numba.get_num_threads())
         if learn_nu:
             loss_fn.log_z.data.fill_(log_nu - math.log(loss_fn.m))
         return float(value)

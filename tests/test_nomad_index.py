@@ -87,7 +87,7 @@ def test_kmeans_converges_to_a_lloyd_fixed_point(mixture, seed):
 
 
 def test_kmeans_reports_non_convergence_at_the_iteration_cap(mixture):
-    C, iters, converged = kmeans(torch.as_tensor(mixture[0]), 4, max_iter=3, tol=0.0, gen=gen())
+    _C, iters, converged = kmeans(torch.as_tensor(mixture[0]), 4, max_iter=3, tol=0.0, gen=gen())
     assert (iters, converged) == (3, False)
 
 
@@ -108,7 +108,8 @@ def test_lsh_init_uses_bucket_means_then_tops_up_with_data_points(mixture):
     n, total = len(X), X.double().sum(0)
     n0 = float(((total - n * C[1]) @ (C[0] - C[1])) / ((C[0] - C[1]) @ (C[0] - C[1])))
     assert n0 == pytest.approx(round(n0), abs=1e-3) and n / 2 <= round(n0) < n
-    torch.testing.assert_close(round(n0) * C[0] + (n - round(n0)) * C[1], total, rtol=1e-5, atol=1e-3)
+    n0 = round(n0)
+    torch.testing.assert_close(n0 * C[0] + (n - n0) * C[1], total, rtol=1e-5, atol=1e-3)
     for c in C[2:]:
         assert (X.double() == c).all(1).any()
 
@@ -194,7 +195,8 @@ def test_cell_knn_pads_cells_smaller_than_k(caplog):
     for i in (20, 21, 22):  # the two other points of the cell, repeated
         assert set(nbrs[i]) == {20, 21, 22} - {i}
     assert (nbrs[23] == 23).all()  # a lone point is its own neighbour
-    assert_same_neighbours(nbrs[:20], dists[:20], *[a[:20] for a in brute_cell_knn(X[:20], labels[:20], 5)])
+    ref = brute_cell_knn(X[:20], labels[:20], 5)
+    assert_same_neighbours(nbrs[:20], dists[:20], *ref)
 
 
 def test_inner_product_metric_on_unit_norm_data(random_cells):
@@ -224,10 +226,11 @@ def test_single_cell_is_exact_knn_over_all_points(mixture):
     X = mixture[0]
     idx, _ = build_index(X, 8, n_cells=1)
     assert idx.n_cells == 1
-    assert_same_neighbours(idx.neighbors, idx.distances, *brute_cell_knn(X, np.zeros(len(X), int), 8))
+    ref = brute_cell_knn(X, np.zeros(len(X), dtype=np.int64), 8)
+    assert_same_neighbours(idx.neighbors, idx.distances, *ref)
 
 
-# -- cache -------------------------------------------------------------------------------------------
+# -- cache ---------------------------------------------------------------------------------------
 def cache_files(tmp_path):
     return sorted((tmp_path / "nomad_index").iterdir())
 
@@ -253,7 +256,7 @@ def test_cache_hit_returns_identical_arrays(mixture, tmp_path):
 def test_cache_misses_when_data_or_parameters_change(mixture, tmp_path, change):
     X = mixture[0]
     build_index(X, 5, n_cells=4, cache_dir=tmp_path)
-    kwargs = dict(k=5, n_cells=4, seed=0)
+    kwargs = {"k": 5, "n_cells": 4, "seed": 0}
     if change == "data":
         X = X.copy()
         X[17, 3] += 0.5
@@ -285,10 +288,11 @@ def corrupt(path, how: str) -> None:
 @pytest.mark.parametrize("how", [
     "garbage",
     pytest.param("truncated", marks=pytest.mark.xfail(
-        strict=True, reason="index.py: the cache loader catches (OSError, ValueError, KeyError) but a "
-                            "truncated .npz raises zipfile.BadZipFile")),
+        strict=True, reason="index.py: the cache loader catches (OSError, ValueError, KeyError) "
+                            "but a truncated .npz raises zipfile.BadZipFile")),
     pytest.param("empty", marks=pytest.mark.xfail(
-        strict=True, reason="index.py: the cache loader does not catch the EOFError of an empty .npz")),
+        strict=True, reason="index.py: the cache loader does not catch the EOFError of an "
+                            "empty .npz")),
 ])
 def test_corrupt_cache_entry_is_rebuilt(mixture, tmp_path, how):
     X = mixture[0]

@@ -116,7 +116,8 @@ def reference_value(name, loss, q_pos, p, q_noise, c_noise, rho):
         nu = M * math.sqrt(100.0 * N * N * N / M) / N**2
         return binary_nce_np(q_pos, p, q_noise, c_noise, rho, nu)
     if name == "nce":  # nu = m Z with Z = 1 at initialisation
-        return binary_nce_np(q_pos, p, q_noise, c_noise, rho, M * math.exp(float(loss.log_z)))
+        nu = M * math.exp(float(loss.log_z.detach()))
+        return binary_nce_np(q_pos, p, q_noise, c_noise, rho, nu)
     return umap_np(q_pos, p, q_noise, c_noise, rho)
 
 
@@ -132,7 +133,8 @@ def test_forward_equals_the_formula(name, rho, batch):
             loss.log_z.fill_(0.3)  # a learned Z away from its initial 1
     got = loss(*map(t, batch), rho=rho)
     assert got.shape == (B,)
-    np.testing.assert_allclose(got.detach().numpy(), reference_value(name, loss, *batch, rho), rtol=1e-5)
+    ref = reference_value(name, loss, *batch, rho)
+    np.testing.assert_allclose(got.detach().numpy(), ref, rtol=1e-5)
 
 
 @pytest.mark.parametrize("rho", [1.0, 2.5])
@@ -158,7 +160,8 @@ def test_kernel_grad_equals_autograd(name):
     d2 = torch.tensor([0.01, 0.3, 1.0, 2.7, 40.0], dtype=torch.float64, requires_grad=True)
     q = loss.kernel(d2)
     (dq,) = torch.autograd.grad(q.sum(), d2)
-    np.testing.assert_allclose(loss.kernel_grad(d2.detach(), q.detach()).numpy(), dq.numpy(), rtol=1e-6)
+    closed_form = loss.kernel_grad(d2.detach(), q.detach())
+    np.testing.assert_allclose(closed_form.numpy(), dq.numpy(), rtol=1e-6)
 
 
 def test_kernels():
@@ -186,7 +189,8 @@ def test_negtsne_spectrum_endpoints(n, m):
     assert float(umap.log_nu().exp()) == pytest.approx(1.0, rel=1e-5)  # nu = 1 at UMAP's end
     assert float(tsne.log_nu().exp()) == pytest.approx(m * 100.0 / n, rel=1e-5)
     half = NegTSNE(n, m, s=0.5)
-    assert half.z_bar == pytest.approx(math.sqrt(tsne.z_bar * umap.z_bar))  # geometric interpolation
+    # geometric interpolation
+    assert half.z_bar == pytest.approx(math.sqrt(tsne.z_bar * umap.z_bar))
     beyond = NegTSNE(n, m, s=1.5)
     assert beyond.z_bar == pytest.approx(umap.z_bar * math.sqrt(umap.z_bar / tsne.z_bar))
 
@@ -203,7 +207,7 @@ def test_nce_starts_at_z_equal_one_and_learns_log_z():
     assert [p is loss.log_z for p in loss.parameters()] == [True]
 
 
-# -- UMAP's forces (umap-learn layouts.py, ALGORITHMS.md 3.1) ---------------------------------------
+# -- UMAP's forces (umap-learn layouts.py, ALGORITHMS.md 3.1) ----------------------------------
 def tiny_trainer(Y: np.ndarray, neighbors: np.ndarray, loss, p_model="uniform", **spec_kw):
     """A one-device trainer over the given positions and (local) neighbour table."""
     from nomad.optimize import Shard
@@ -212,10 +216,11 @@ def tiny_trainer(Y: np.ndarray, neighbors: np.ndarray, loss, p_model="uniform", 
     shard = Shard(rank=0, rows=np.arange(n), Y0=Y.astype(np.float32), neighbors=neighbors,
                   cell=np.zeros(n, dtype=np.int64), cell_sizes=np.array([n]),
                   cell_rank=np.zeros(1, dtype=np.int64), n_total=n)
-    kw = dict(n_epochs=1, learning_rate=1.0, batch_size=1, n_noise=5.0, noise_samples=1,
-              approximate="none", backend="torch")
+    kw = {"n_epochs": 1, "learning_rate": 1.0, "batch_size": 1, "n_noise": 5.0, "noise_samples": 1,
+              "approximate": "none", "backend": "torch"}
     kw.update(spec_kw)
-    return _ShardTrainer(shard, TrainSpec(loss=loss, p=p_ji(neighbors.shape[1], p_model), **kw), Comm())
+    spec = TrainSpec(loss=loss, p=p_ji(neighbors.shape[1], p_model), **kw)
+    return _ShardTrainer(shard, spec, Comm())
 
 
 @pytest.mark.parametrize("a,b", [(1.0, 1.0), (1.577, 0.8951)])
@@ -298,7 +303,8 @@ def test_fused_kernel_equals_torch_path(problem, loss_name, approximate):
         compute = tr._grad_fused if backend == "fused" else tr._grad_torch
         with torch.no_grad():
             grad, value, g_params = compute(*batch, 1.5)
-        results.append((grad.numpy().copy(), value, {type(k): float(v) for k, v in g_params.items()}))
+        params = {type(k): float(v) for k, v in g_params.items()}
+        results.append((grad.numpy().copy(), value, params))
     (g_t, v_t, p_t), (g_f, v_f, p_f) = results
     scale = np.abs(g_t).max()
     assert scale > 0
@@ -326,8 +332,8 @@ def own_samples(tr: _ShardTrainer, seed: int = 0):
     heads = rng.integers(0, n, 60)
     if tr.spec.approximate == "others":  # noise from the head's own cell
         lo, size = tr.cell_lo[heads].numpy(), tr.cell_n[heads].numpy()
-        noise = lo[:, None] + (heads[:, None] - lo[:, None] + rng.integers(1, size[:, None], (60, S))) \
-            % size[:, None]
+        offset = rng.integers(1, size[:, None], (60, S))  # never 0: never the head itself
+        noise = lo[:, None] + (heads[:, None] - lo[:, None] + offset) % size[:, None]
         c_noise = tr.spec.n_noise * size / tr.shard.n_total / S
     else:
         noise = (heads[:, None] + rng.integers(1, n, (60, S))) % n
@@ -380,6 +386,63 @@ def test_every_sampled_noise_weight_sums_to_the_number_of_noise_samples(problem)
     # |M| p(m in D) for the sampled domain D plus |M| p(m in r) for the means = |M|
     for approximate in ("none", "others"):
         tr = trainer(problem, "infonce", approximate, "torch")
-        heads, noise, c_noise, mu, c_mu = sampled_batch(tr)
+        _heads, noise, c_noise, _mu, c_mu = sampled_batch(tr)
         total = c_noise * noise.shape[1] + (c_mu.sum(1) if c_mu is not None else 0.0)
         np.testing.assert_allclose(total.numpy(), 50.0, rtol=1e-5)
+
+
+# -- the compiled CPU epoch loop vs the torch step loop -----------------------------------------
+def four_point_trainer(loss_name: str, approximate: str, backend: str) -> _ShardTrainer:
+    """Four points in two cells of two, k = 1 (each point's neighbour is its cell mate)."""
+    from nomad.optimize import Shard
+
+    Y0 = np.array([[0.0, 0.0], [0.7, 0.2], [2.0, -1.0], [2.5, -0.4]], dtype=np.float32)
+    shard = Shard(rank=0, rows=np.arange(4), Y0=Y0, neighbors=np.array([[1], [0], [3], [2]]),
+                  cell=np.array([0, 0, 1, 1]), cell_sizes=np.array([2, 2]),
+                  cell_rank=np.zeros(2, dtype=np.int64), n_total=4)
+    spec = TrainSpec(loss=GRAD_LOSSES[loss_name](4), p=p_ji(1), n_epochs=1, learning_rate=1.0,
+                     batch_size=1, n_noise=2.0, noise_samples=1, approximate=approximate,
+                     momentum=0.5, clip_grad=0.8, backend=backend, seed=0)
+    return _ShardTrainer(shard, spec, Comm())
+
+
+@pytest.mark.parametrize("approximate", ["none", "others"])
+@pytest.mark.parametrize("loss_name", list(GRAD_LOSSES))
+def test_fused_epoch_is_one_of_the_torch_step_sequences(loss_name, approximate):
+    """The compiled epoch draws its own samples, so enumerate every possible sample of a
+    2-step epoch with B = S = 1 through the torch path (``step``: lr, momentum, clipping,
+    NCE's log Z) and require the compiled result to be one of them."""
+    lrs, rho = np.array([0.3, 0.2]), 1.3
+    fused = four_point_trainer(loss_name, approximate, "fused")
+    assert fused.B == 1
+    mu = fused.cell_means() if fused.uses_means else None
+    value = fused._fused_epoch(mu, lrs, rho, epoch=0)
+    Y_fused = fused.Y.detach().numpy().copy()
+
+    def domain(i):
+        return [i - i % 2, i - i % 2 + 1] if approximate == "others" else list(range(4))
+
+    samples = [(h, m) for h in range(4) for m in domain(h)]
+    best = (np.inf, None)
+    for first in samples:
+        for second in samples:
+            tr = four_point_trainer(loss_name, approximate, "torch")
+            draws = iter([first, second])
+
+            def sample(B, S, draws=draws):
+                h, m = next(draws)
+                return torch.tensor([h]), torch.tensor([[m]]), torch.tensor([len(domain(h))])
+
+            tr._sample = sample
+            v = tr.step(mu, float(lrs[0]), rho, with_value=True)
+            tr.step(mu, float(lrs[1]), rho, with_value=False)
+            err = np.abs(tr.Y.detach().numpy() - Y_fused).max()
+            if err < best[0]:
+                best = (err, (v, tr))
+    err, (v, tr) = best
+    assert err < 1e-5
+    assert value == pytest.approx(v, rel=1e-5)
+    if loss_name == "nce":  # log Z learned with its own plain SGD step in both loops
+        log_z = float(tr.spec.loss.log_z.detach())
+        assert float(fused.spec.loss.log_z.detach()) == pytest.approx(log_z, abs=1e-7)
+        assert log_z != 0.0
