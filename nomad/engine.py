@@ -119,6 +119,8 @@ class ContrastiveEmbedding(EmbeddingMethod):
         accelerator ("cpu"/"cuda"/"auto"), devices: where to train; devices > 1 runs
             one process per device.
         cache_dir: where the index is cached (None: no cache).
+        parametric: train an MLP encoder (widths ``hidden``) with Adam instead of free
+            positions ("auto" learning rate 1e-3, cne); ``transform`` then embeds new points.
     """
 
     accelerators: ClassVar[tuple[str, ...]] = ("cpu", "cuda")
@@ -154,6 +156,8 @@ class ContrastiveEmbedding(EmbeddingMethod):
         accelerator: str = "auto",
         devices: int = 1,
         cache_dir: str | None = None,
+        parametric: bool = False,
+        hidden: tuple[int, ...] | list[int] = (100, 100, 100),
         random_state: int = 0,
         verbose: bool = False,
     ):
@@ -184,6 +188,8 @@ class ContrastiveEmbedding(EmbeddingMethod):
         self.accelerator = accelerator
         self.devices = devices
         self.cache_dir = cache_dir
+        self.parametric = parametric
+        self.hidden = hidden
         self.random_state = random_state
         self.verbose = verbose
 
@@ -212,6 +218,9 @@ class ContrastiveEmbedding(EmbeddingMethod):
             if getattr(self, name) not in allowed:
                 raise InputError(f"method.{name}={getattr(self, name)!r} is invalid: choose one of "
                                  f"{[a for a in allowed if a is not None]}")
+        if self.parametric and self.devices > 1:
+            raise InputError("parametric=true runs on one device: drop trainer.devices or set "
+                             "method.parametric=false")
         if self.devices > 1 and not self.multi_device:
             raise InputError(f"{type(self).__name__} runs on one device (its noise is uniform over all "
                              "points); use method=nomad for several devices")
@@ -258,7 +267,10 @@ class ContrastiveEmbedding(EmbeddingMethod):
         spec.device = "cuda" if accelerator == "cuda" else "cpu"
         shards = make_shards(self.index_, Y0, self.devices)
         with self._phase("fit"):
-            if self.devices == 1:
+            if self.parametric:
+                Ys = [self._fit_parametric(X, shards[0], spec)]
+                stats = [{"bytes_by_tag": {}, "calls_by_tag": {}}]
+            elif self.devices == 1:
                 comm = Comm()
                 Ys = [train_shard(shards[0], spec, comm)]
                 stats = [{"bytes_by_tag": comm.bytes_by_tag, "calls_by_tag": comm.calls_by_tag}]
@@ -277,10 +289,30 @@ class ContrastiveEmbedding(EmbeddingMethod):
                  type(self).__name__, n, self.n_cells_, self.devices, accelerator, self.bytes_per_epoch_)
         return Y
 
+    def _fit_parametric(self, X: np.ndarray, shard: Shard, spec: TrainSpec) -> np.ndarray:
+        from .parametric import MLPEncoder, ParametricTrainer
+
+        torch.manual_seed(self.random_state)
+        self.encoder_ = MLPEncoder(X.shape[1], tuple(self.hidden))
+        trainer = ParametricTrainer(shard, spec, Comm(), self.encoder_, X[shard.rows])
+        return trainer.train()
+
+    def transform(self, X: np.ndarray) -> np.ndarray:
+        """Embed new points with the trained encoder (parametric mode only)."""
+        from .parametric import embed
+
+        if not hasattr(self, "encoder_"):
+            raise InputError(f"{type(self).__name__} can only embed new points in parametric mode: set "
+                             "method.parametric=true and fit first")
+        with self._phase("transform"):
+            return embed(self.encoder_, X)
+
     def _train_spec(self, n: int, approximate: str) -> TrainSpec:
         batch = math.ceil(n / 10) if self.batch_size == "auto" else int(self.batch_size)
         batch = min(batch, n)
-        if self.learning_rate == "auto":
+        if self.learning_rate == "auto" and self.parametric:
+            lr = 1e-3  # Adam (cne, Parametric UMAP)
+        elif self.learning_rate == "auto":
             lr = n / 10 if self.aggregation == "mean" else 1.0
         else:
             lr = float(self.learning_rate)

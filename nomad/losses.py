@@ -155,7 +155,7 @@ class UMAPLoss(ContrastiveLoss):
         self.a, self.b = float(a), float(b)
 
     def kernel(self, d2):
-        return 1.0 / (1.0 + self.a * d2.clamp(min=0).pow(self.b))
+        return 1.0 / (1.0 + self.a * d2.clamp(min=1e-12).pow(self.b))  # clamp: finite grad at 0
 
     def kernel_grad(self, d2, q):
         return -self.a * self.b * d2.clamp(min=1e-12).pow(self.b - 1.0) * q * q

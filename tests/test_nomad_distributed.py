@@ -3,7 +3,8 @@
 nomad-projection Figure 2: cells are sharded across devices, positive forces stay local and
 only the matrix of cell means is all-gathered (once per epoch). Here the devices are CPU
 processes on gloo. The multi-process runs take ~10 s each (process start-up and imports
-dominate), so one instrumented run is shared by several tests.
+dominate), so one instrumented run is shared by several tests; the fault, torchrun and
+NP@10 runs are marked slow.
 """
 
 from __future__ import annotations
@@ -25,10 +26,9 @@ from sklearn.datasets import make_blobs
 from sklearn.model_selection import cross_val_score
 from sklearn.neighbors import KNeighborsClassifier
 
-import nomad.distributed as distributed
 import nomad.engine as engine_module
 from nebench.errors import InputError
-from nomad import NOMAD
+from nomad import NOMAD, distributed
 from nomad.affinities import p_ji
 from nomad.engine import assign_cells_to_devices, make_shards
 from nomad.index import build_index
@@ -68,7 +68,7 @@ def blobs(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return X.astype(np.float32), y
 
 
-# -- an instrumented 2-process run -------------------------------------------------------------------
+# -- an instrumented 2-process run -----------------------------------------------------------------
 def _instrumented_worker(rank: int, outdir: str, worker, *args) -> None:
     """Runs nomad's worker with every torch.distributed collective counted, noting whether
     it happened during training, and the thread counts the worker set for training."""
@@ -174,7 +174,7 @@ def test_torchrun_joins_the_process_group_and_matches_spawn(two_process_fit, tmp
         import numpy as np
         import torch.distributed as dist
         from sklearn.datasets import make_blobs
-        from nomad import NOMAD
+        from nomad import NOMAD, distributed
 
         X, _ = make_blobs(1000, n_features=10, centers=5, random_state=0)
         model = NOMAD(**{FIT_KW!r})
@@ -182,12 +182,17 @@ def test_torchrun_joins_the_process_group_and_matches_spawn(two_process_fit, tmp
         if dist.get_rank() == 0:
             np.save(sys.argv[1], Y)
             print("CALLS", model.comm_stats_[1]["calls_by_tag"]["cell_means"])
+        # nomad leaves the group it created (see test_joined_run_tears_down_the_group_it_created);
+        # exiting with it alive sometimes aborts in gloo's teardown ("terminate called without
+        # an active exception")
+        if dist.is_initialized():
+            dist.destroy_process_group()
     """))
     out = tmp_path / "Y.npy"
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
          str(script), str(out)],
-        env=subprocess_env(), capture_output=True, text=True, timeout=180)
+        check=False, env=subprocess_env(), capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"CALLS {N_EPOCHS}" in proc.stdout
     np.testing.assert_array_equal(np.load(out), two_process_fit["Y"])  # same shards, same seeds
@@ -218,12 +223,13 @@ def run_bounded(cmd: list[str], env: dict[str, str], timeout: float) -> tuple[in
                 pass
 
 
+@pytest.mark.slow  # 16-26 s: a parent interpreter plus two workers start and import torch
 def test_a_dying_worker_fails_the_job(tmp_path):
     script = tmp_path / "job.py"
     script.write_text(textwrap.dedent("""
         import numpy as np
         from sklearn.datasets import make_blobs
-        from nomad import NOMAD
+        from nomad import NOMAD, distributed
 
         if __name__ == "__main__":
             X, _ = make_blobs(600, n_features=8, centers=4, random_state=0)
@@ -246,7 +252,7 @@ def running(pid: int) -> bool:
         return False
 
 
-# -- 2 processes vs 1 --------------------------------------------------------------------------------
+# -- 2 processes vs 1 ------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def mixture_3000() -> np.ndarray:
     """3000 points of 8 Gaussians in 3 dimensions, rotated into 20."""
@@ -264,12 +270,13 @@ STEP_SCALE_BUG = ("optimize.py _ShardTrainer._train/step: under aggregation='mea
 
 @pytest.mark.slow
 @pytest.mark.xfail(strict=True, reason=STEP_SCALE_BUG)
-@pytest.mark.parametrize("seed", [0, 1])
-def test_two_processes_match_one_in_neighborhood_preservation(mixture_3000, seed):
+def test_two_processes_match_one_in_neighborhood_preservation(mixture_3000):
+    # NP@10 here: 0.386 on one process, 0.422 on two; 0.403 on two with the step scale fixed
+    # (learning_rate halved), and the same gaps with random_state=1
     from metrics import neighborhood_preservation
 
     X = mixture_3000
-    kw = {"n_epochs": 50, "n_cells": 8, "accelerator": "cpu", "random_state": seed}
+    kw = {"n_epochs": 50, "n_cells": 8, "accelerator": "cpu", "random_state": 0}
     np1 = neighborhood_preservation(X, NOMAD(devices=1, **kw).fit_transform(X), ks=(10,),
                                     n_eval=None)[10][0]
     np2 = neighborhood_preservation(X, NOMAD(devices=2, **kw).fit_transform(X), ks=(10,),
@@ -278,7 +285,7 @@ def test_two_processes_match_one_in_neighborhood_preservation(mixture_3000, seed
     assert abs(np1 - np2) <= 0.03, (np1, np2)
 
 
-# -- sharding and the multi-device surrogate, in one process -------------------------------------------
+# -- sharding and the multi-device surrogate, in one process ---------------------------------------
 @pytest.fixture(scope="module")
 def four_cell_index():
     X, _ = make_blobs(400, n_features=6, centers=4, random_state=0)
@@ -410,7 +417,7 @@ def test_a_step_moves_points_as_on_one_device(four_cell_index):
         np.testing.assert_allclose(moved2, moved1, rtol=1e-4, atol=1e-6)
 
 
-# -- under torchrun (environment detection, one-rank group) ------------------------------------------
+# -- under torchrun (environment detection, one-rank group) ----------------------------------------
 def test_launched_by_torchrun_reads_the_environment(monkeypatch):
     for var in ("TORCHELASTIC_RUN_ID", "RANK", "WORLD_SIZE", "MASTER_ADDR"):
         monkeypatch.delenv(var, raising=False)
@@ -431,7 +438,8 @@ def one_rank_group(monkeypatch):
     monkeypatch.setenv("MASTER_PORT", str(distributed._free_port()))
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("WORLD_SIZE", "1")
-    yield
+    assert not dist.is_initialized()
+    yield dist
     if dist.is_initialized():
         dist.destroy_process_group()
 
@@ -491,3 +499,21 @@ def test_cuda_run_embeds():
     Y = NOMAD(n_epochs=30, accelerator="cuda").fit_transform(X)
     assert Y.shape == (1000, 2) and Y.dtype == np.float32 and np.isfinite(Y).all()
     assert cross_val_score(KNeighborsClassifier(10), Y, y, cv=5).mean() > 0.95
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "distributed._run_joined initialises the process group when torchrun did not, but never "
+    "destroys it; a torchrun job then exits with a live gloo group and sometimes dies in its "
+    "teardown with SIGABRT ('terminate called without an active exception', seen in ~1 of 8 "
+    "2-rank runs on this machine)"))
+def test_joined_run_tears_down_the_group_it_created(four_cell_index, one_rank_group):
+    idx, Y0 = four_cell_index
+    distributed.run_sharded(make_shards(idx, Y0, 1), spec_for("remote"), "cpu", timeout_s=30)
+    assert not one_rank_group.is_initialized()
+
+
+def test_joined_run_keeps_the_callers_group(four_cell_index, one_rank_group):
+    one_rank_group.init_process_group("gloo")
+    idx, Y0 = four_cell_index
+    distributed.run_sharded(make_shards(idx, Y0, 1), spec_for("remote"), "cpu", timeout_s=30)
+    assert one_rank_group.is_initialized()

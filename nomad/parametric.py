@@ -1,0 +1,89 @@
+"""Parametric mode: a network maps data to the embedding (Parametric UMAP, parametric
+InfoNC-t-SNE / Neg-t-SNE; parametric-umap sec. 2, tsne-to-umap-contrastive).
+
+The loss, the samplers and the cell means are the engine's; only the positions change:
+``y_i = f_theta(x_i)`` for an MLP f_theta (100-100-100 by default, as in the cne and
+umap-learn references) trained by Adam. Each step embeds just the rows it touches (heads,
+positives, noise) and back-propagates the summed loss through the network; new points are
+embedded by a forward pass (``transform``), without refitting.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .optimize import Comm, Shard, TrainSpec, _ShardTrainer
+
+
+class MLPEncoder(torch.nn.Sequential):
+    """Linear-ReLU layers of widths ``hidden``, then a linear map to 2-D."""
+
+    def __init__(self, dim: int, hidden: tuple[int, ...] = (100, 100, 100)):
+        layers: list[torch.nn.Module] = []
+        for width in hidden:
+            layers += [torch.nn.Linear(dim, width), torch.nn.ReLU()]
+            dim = width
+        layers.append(torch.nn.Linear(dim, 2))
+        super().__init__(*layers)
+
+
+@torch.no_grad()
+def embed(encoder: torch.nn.Module, X, batch_size: int = 65536, device: str = "cpu") -> np.ndarray:
+    """``encoder(X)`` in batches, as float32 numpy (X may be a memmap)."""
+    out = np.empty((len(X), 2), dtype=np.float32)
+    for lo in range(0, len(X), batch_size):
+        xb = torch.as_tensor(np.asarray(X[lo:lo + batch_size], dtype=np.float32), device=device)
+        out[lo:lo + batch_size] = encoder(xb).cpu().numpy()
+    return out
+
+
+class ParametricTrainer(_ShardTrainer):
+    """The engine's loop with positions given by ``encoder`` (autograd, Adam)."""
+
+    def __init__(self, shard: Shard, spec: TrainSpec, comm: Comm, encoder: torch.nn.Module,
+                 X_local: np.ndarray):
+        super().__init__(shard, spec, comm)
+        self.fused = False
+        self.encoder = encoder.to(self.dev)
+        self.X = torch.as_tensor(np.asarray(X_local, dtype=np.float32), device=self.dev)
+        params = [{"params": list(self.encoder.parameters()), "lr": spec.learning_rate}]
+        extra = [q for q in spec.loss.parameters() if q.requires_grad]
+        if extra:
+            params.append({"params": extra, "lr": 1e-3, "fixed": True})
+        self.opt = torch.optim.Adam(params, lr=spec.learning_rate)
+
+    def cell_means(self) -> torch.Tensor:
+        self.Y.data = torch.as_tensor(embed(self.encoder, self.X, device=self.dev), device=self.dev)
+        return super().cell_means()
+
+    def step(self, mu: torch.Tensor | None, lr: float, rho: float, with_value: bool = True) -> float:
+        spec, B, S, loss_fn = self.spec, self.B, self.spec.noise_samples, self.spec.loss
+        heads, noise, size = self._sample(B, S)
+        pos = self.nbrs[heads]
+        K = pos.shape[1]
+        rows, inv = torch.unique(torch.cat([heads, pos.reshape(-1), noise.reshape(-1)]), return_inverse=True)
+        emb = self.encoder(self.X[rows])
+        y_h = emb[inv[:B]]
+        y_p = emb[inv[B:B + B * K]].view(B, K, 2)
+        y_n = emb[inv[B + B * K:]].view(B, S, 2)
+        q_pos = loss_fn.kernel(((y_h[:, None] - y_p) ** 2).sum(-1))
+        q_all = loss_fn.kernel(((y_h[:, None] - y_n) ** 2).sum(-1))
+        c_all = (spec.n_noise * size.float() / self.shard.n_total / S)[:, None].expand(B, S)
+        if mu is not None:
+            q_all = torch.cat([q_all, loss_fn.kernel(((y_h[:, None] - mu[None]) ** 2).sum(-1))], 1)
+            c_all = torch.cat([c_all, self._mean_weights(heads)], 1)
+        loss = loss_fn(q_pos, self.p, q_all, c_all, rho).mean()
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if spec.clip_grad is not None:
+            torch.nn.utils.clip_grad_value_(self.encoder.parameters(), spec.clip_grad)
+        for group in self.opt.param_groups:
+            if not group.get("fixed"):
+                group["lr"] = lr
+        self.opt.step()
+        return float(loss.detach())
+
+    def _train(self) -> np.ndarray:
+        super()._train()
+        return embed(self.encoder, self.X, device=self.dev)
