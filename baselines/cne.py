@@ -16,8 +16,8 @@ the loss per head is, by ``loss_mode``:
 summed over the batch (``loss_aggregation``), each gradient coordinate clipped to ±4, SGD with
 the learning rate decayed linearly to 0 over ``n_epochs``. The spectrum is set by one of ``s``,
 ``Z_bar`` or ``neg_spec`` (= ν); unset, ``"infonce"`` runs at s = 0 and ``"neg"`` at ν = 1.
-With ``early_exaggeration`` the first third of the epochs runs at s = max(s, 1) ("infonce", or
-"neg" with ``s`` set).
+With ``early_exaggeration`` the first third of the epochs runs at s = max(s, 1) (the InfoNCE
+modes, or "neg" with ``s`` set; cne ignores it otherwise).
 
 Defaults are those of ``cne.CNE`` / ``cne.ContrastiveEmbedding`` in cne 0.4.0: k = 15,
 200 epochs, batches of 2^15 edges, m = 5, SGD (lr 1.0; parametric: 0.001), sum aggregation,
@@ -28,7 +28,9 @@ Phases: ``"knn"`` builds cne's graph exactly as ``CNE.fit`` does when given no g
 euclidean, 50 trees, the k + 1 nearest items of each point minus the first, edges symmetrised
 with weight 1) and hands it to ``CNE.fit(graph=...)``; ``"fit"`` is the initialisation and
 optimisation. The non-parametric start is cne's: the top two PCs (scikit-learn ``PCA``)
-rescaled to std(PC1) = ``init_scale`` (1e-4 in cne 0.4.0; the paper's scripts used 1.0).
+rescaled to std(PC1) = ``init_scale`` (1e-4 in cne 0.4.0; the paper's scripts used 1.0). The
+PCA is seeded here; cne leaves it unseeded, which matters where scikit-learn picks its
+randomized solver (e.g. 500 < n < 10 d), and gives the same start wherever it does not.
 
 ``parametric=True`` trains cne's MLP (d-100-100-100-2) on X; ``transform`` then embeds new
 points. cne 0.4.0 reads n from ``len(init)`` even when the model is parametric (and fails on
@@ -37,8 +39,8 @@ points. cne 0.4.0 reads n from ``len(init)`` even when the model is parametric (
 Seeding: ``random_state`` is cne's ``seed`` (edge shuffling, negatives); torch's global
 generator is also seeded before the fit, so the parametric network's initial weights, which
 cne leaves unseeded, are fixed too, and it is restored afterwards. Annoy keeps its own fixed
-default seed (as in cne) but seeds each build thread by its index, so a run reproduces for a
-given ``random_state`` and ``n_jobs``. The device is the CPU (cne also runs on CUDA, with an
+default seed (as in cne) but seeds each build thread by its index, so the graph, and the run,
+reproduce for a given ``random_state`` and ``n_jobs`` (cne itself builds with all cores). The device is the CPU (cne also runs on CUDA, with an
 exact pykeops graph; not wired up here).
 """
 
@@ -192,6 +194,7 @@ class CNE(EmbeddingMethod):
         self._check_params()
         X = check_data(X, min_samples=self.n_neighbors + 1, method="CNE")
         n_jobs = effective_n_jobs(self.n_jobs)
+        self.n_features_in_ = X.shape[1]
         self.timings_ = {}
 
         with self._phase("knn"):
@@ -234,5 +237,10 @@ class CNE(EmbeddingMethod):
                 "fit_transform first."
             )
         X = check_data(X, min_samples=1, method="CNE")
+        if X.shape[1] != self.n_features_in_:
+            raise InputError(
+                f"CNE.transform got {X.shape[1]} features, but the model was trained on "
+                f"{self.n_features_in_}: pass points with the training data's features."
+            )
         with torch.no_grad(), threadpool_limits(effective_n_jobs(self.n_jobs)):
             return np.ascontiguousarray(self.cne_.transform(X), dtype=np.float32)

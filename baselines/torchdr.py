@@ -91,6 +91,8 @@ class _TorchDRMethod(EmbeddingMethod):
     _estimator: ClassVar[type]
     #: constructor arguments passed to the TorchDR estimator under the same name
     _passed: ClassVar[tuple[str, ...]]
+    #: the neighbourhood size n must exceed (TorchDR refuses n <= it)
+    _neighborhood: ClassVar[str]
 
     def _check_params(self) -> None:
         name = type(self).__name__
@@ -142,13 +144,11 @@ class _TorchDRMethod(EmbeddingMethod):
                     f"{name}: {key} must be a number > 0 (min_dist: >= 0), got {value!r}."
                 )
 
-    def _min_samples(self) -> int:  # pragma: no cover - interface
-        raise NotImplementedError
-
     def fit_transform(self, X: np.ndarray) -> np.ndarray:
         """Embed ``X`` (n x d) into 2-D; returns an ``n x 2`` float32 array."""
         self._check_params()
-        X = check_data(X, min_samples=self._min_samples(), method=type(self).__name__)
+        min_samples = int(getattr(self, self._neighborhood)) + 1
+        X = check_data(X, min_samples=min_samples, method=type(self).__name__)
         params = {key: getattr(self, key) for key in self._passed}
         with torch.random.fork_rng(devices=[]), threadpool_limits(effective_n_jobs(self.n_jobs)):
             t0 = time.perf_counter()
@@ -172,6 +172,7 @@ class TorchDRInfoTSNE(_TorchDRMethod):
     """
 
     _estimator = _TimedInfoTSNE
+    _neighborhood = "perplexity"
     _passed = (
         "perplexity",
         "max_iter",
@@ -213,9 +214,6 @@ class TorchDRInfoTSNE(_TorchDRMethod):
         self.random_state = random_state
         self.n_jobs = n_jobs
 
-    def _min_samples(self) -> int:
-        return int(self.perplexity) + 1  # TorchDR needs n > perplexity
-
 
 class TorchDRUMAP(_TorchDRMethod):
     """``torchdr.UMAP`` with its defaults; phases ``"knn"`` (fuzzy graph) and ``"fit"``.
@@ -224,6 +222,7 @@ class TorchDRUMAP(_TorchDRMethod):
     """
 
     _estimator = _TimedUMAP
+    _neighborhood = "n_neighbors"
     _passed = (
         "n_neighbors",
         "min_dist",
@@ -264,6 +263,3 @@ class TorchDRUMAP(_TorchDRMethod):
         self.backend = backend
         self.random_state = random_state
         self.n_jobs = n_jobs
-
-    def _min_samples(self) -> int:
-        return self.n_neighbors + 1  # TorchDR needs n > n_neighbors

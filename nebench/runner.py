@@ -116,6 +116,11 @@ def prepare(cfg: DictConfig) -> Plan:
             f"{', '.join(p for p in accepted if p not in RUNTIME_KEYS)}. Remove or rename the "
             "method.<key> override (or the key in its conf/method/ file)."
         )
+    if cfg.get("holdout", False) and not hyperparameters.get("parametric", False):
+        raise InputError(
+            f"holdout=true embeds the test split with transform, which needs a parametric method: "
+            f"method {name!r} is not; set method.parametric=true (engine methods) or holdout=false."
+        )
     metric_options = _container(cfg.metrics, "metrics")
     _check_metric_options(metric_options)
     try:
@@ -135,6 +140,30 @@ def prepare(cfg: DictConfig) -> Plan:
     )
 
 
+def _fit_with_holdout(plan: Plan, data, cfg: DictConfig) -> tuple[np.ndarray, float, dict[str, float]]:
+    """Fit on the train split, embed the test split with ``transform`` (parametric methods).
+
+    Returns the embedding of all rows, the fit time, and ``heldout_*`` metrics: NP@k and RTA
+    among the held-out points, the time of ``transform`` and its speed-up over the fit.
+    """
+    n_train = data.n_train
+    if n_train >= len(data.X):
+        raise InputError(f"holdout=true needs a test split, but dataset {data.name!r} has none "
+                         "(n_train = n): use a dataset with one, such as mnist")
+    start = time.perf_counter()
+    Y_train = plan.method.fit_transform(data.X[:n_train])
+    time_fit = time.perf_counter() - start
+    start = time.perf_counter()
+    Y_test = plan.method.transform(data.X[n_train:])
+    time_transform = time.perf_counter() - start
+    Y_test = check_embedding(Y_test, len(data.X) - n_train, plan.name)
+    options = {k: v for k, v in plan.metric_options.items() if k != "trustworthiness"}
+    scores = evaluate(data.X[n_train:], Y_test, None, None, **options, seed=cfg.seed)
+    heldout = {f"heldout_{k}": v for k, v in scores.items()}
+    heldout.update(time_transform_s=time_transform, transform_speedup=time_fit / max(time_transform, 1e-9))
+    return np.concatenate([np.asarray(Y_train, dtype=np.float32), Y_test]), time_fit, heldout
+
+
 def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     """Run the configured method on the configured dataset; write the run contract into
     ``out_dir``, append the results row, and return the contents of ``metrics.json``."""
@@ -150,9 +179,13 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     n, dim = data.X.shape
     log.info("%s on %s: n=%d, dim=%d", plan.name, data.name, n, dim)
 
-    start = time.perf_counter()
-    Y = plan.method.fit_transform(data.X)
-    time_total = time.perf_counter() - start
+    heldout: dict[str, float] = {}
+    if cfg.get("holdout", False):
+        Y, time_total, heldout = _fit_with_holdout(plan, data, cfg)
+    else:
+        start = time.perf_counter()
+        Y = plan.method.fit_transform(data.X)
+        time_total = time.perf_counter() - start
     peak_rss_gb = measure_peak_rss_gb()
     Y = check_embedding(Y, n, plan.name)
 
@@ -163,6 +196,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     metrics = _plain(
         {
             **scores,
+            **heldout,
             "time_total_s": time_total,
             **{f"time_{phase}_s": seconds for phase, seconds in phases.items()},
             "time_metrics_s": time_metrics,

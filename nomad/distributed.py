@@ -127,7 +127,8 @@ def run_sharded(shards: list[Shard], spec: TrainSpec, accelerator: str,
 def _run_joined(shards: list[Shard], spec: TrainSpec, accelerator: str,
                 timeout_s: float) -> tuple[list[np.ndarray], list[dict]]:
     """Under torchrun: train this rank's shard, then share all shards' results."""
-    if not dist.is_initialized():
+    created = not dist.is_initialized()
+    if created:
         backend = "nccl" if accelerator == "cuda" else "gloo"
         dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
     rank, world_size = dist.get_rank(), dist.get_world_size()
@@ -141,4 +142,6 @@ def _run_joined(shards: list[Shard], spec: TrainSpec, accelerator: str,
     results: list = [None] * world_size
     dist.all_gather_object(results, (Y, {"bytes_by_tag": comm.bytes_by_tag,
                                          "calls_by_tag": comm.calls_by_tag}))
+    if created:  # a group the caller made is the caller's to close
+        dist.destroy_process_group()
     return [r[0] for r in results], [r[1] for r in results]

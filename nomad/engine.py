@@ -209,6 +209,10 @@ class ContrastiveEmbedding(EmbeddingMethod):
         _check_number("init_scale", self.init_scale, minimum=0, strict=True)
         _check_number("n_cells", self.n_cells, minimum=1, integer=True, auto=True)
         _check_number("devices", self.devices, minimum=1, integer=True)
+        _check_number("cell_size", self.cell_size, minimum=1, integer=True)
+        _check_number("max_cell_size", self.max_cell_size, minimum=1, integer=True, auto=True)
+        if self.clip_grad is not None:
+            _check_number("clip_grad", self.clip_grad, minimum=0, strict=True)
         choices = {"p_model": ("inverse_rank", "uniform"), "aggregation": ("mean", "sum"),
                    "lr_schedule": ("linear", "reference", "constant"), "init": ("pca",),
                    "approximate": (None, "none", "remote", "others"),
@@ -222,8 +226,8 @@ class ContrastiveEmbedding(EmbeddingMethod):
             raise InputError("parametric=true runs on one device: drop trainer.devices or set "
                              "method.parametric=false")
         if self.devices > 1 and not self.multi_device:
-            raise InputError(f"{type(self).__name__} runs on one device (its noise is uniform over all "
-                             "points); use method=nomad for several devices")
+            raise InputError(f"devices={self.devices}: {type(self).__name__} runs on one device (its "
+                             "noise is uniform over all points); use method=nomad for several devices")
 
     def _check_data(self, X: np.ndarray) -> None:
         from nebench.datasets import check_data
@@ -259,7 +263,7 @@ class ContrastiveEmbedding(EmbeddingMethod):
         max_cell = 2 * math.ceil(n / n_cells) if self.max_cell_size == "auto" else int(self.max_cell_size)
         with self._phase("knn"):
             self.index_, self.index_cached_ = build_index(
-                X, self.n_neighbors, n_cells=n_cells, max_cell_size=max_cell, metric=self.metric,
+                X, int(self.n_neighbors), n_cells=n_cells, max_cell_size=max_cell, metric=self.metric,
                 seed=self.random_state, cache_dir=self.cache_dir)
         with self._phase("init"):
             Y0 = pca_init(X, self.init_scale, self.random_state)
@@ -319,7 +323,7 @@ class ContrastiveEmbedding(EmbeddingMethod):
         S = min(int(math.ceil(self.n_noise)), 32) if self.noise_samples == "auto" else int(self.noise_samples)
         torch.manual_seed(self.random_state)
         return TrainSpec(
-            loss=self._make_loss(n), p=p_ji(self.n_neighbors, self.p_model), n_epochs=int(self.n_epochs),
+            loss=self._make_loss(n), p=p_ji(int(self.n_neighbors), self.p_model), n_epochs=int(self.n_epochs),
             learning_rate=lr, batch_size=batch, n_noise=float(self.n_noise), noise_samples=S,
             approximate=approximate, mean_refresh=self.mean_refresh, aggregation=self.aggregation,
             momentum=float(self.momentum), lr_schedule=self.lr_schedule, lr_decay_start=self.lr_decay_start,

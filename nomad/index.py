@@ -17,6 +17,7 @@ import hashlib
 import logging
 import os
 import tempfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -235,7 +236,7 @@ def build_index(
                     idx = CellIndex(z["labels"], z["neighbors"], z["distances"])
                 log.info("cell index loaded from cache %s", path)
                 return idx, True
-            except (OSError, ValueError, KeyError) as err:  # corrupt cache entry: rebuild
+            except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:  # corrupt: rebuild
                 log.warning("ignoring unreadable cache entry %s (%s)", path, err)
     gen = torch.Generator().manual_seed(seed)
     if n_cells > 1:

@@ -264,7 +264,7 @@ class _ShardTrainer:
             param.grad = g.reshape(param.shape)
         if spec.clip_grad is not None:
             grad.clamp_(-spec.clip_grad, spec.clip_grad)
-        scale = 1.0 / B if spec.aggregation == "mean" else 1.0
+        scale = 1.0 / spec.batch_size if spec.aggregation == "mean" else 1.0  # global batch
         for group in self.opt.param_groups:
             if not group.get("fixed"):
                 group["lr"] = lr * scale
@@ -315,7 +315,7 @@ class _ShardTrainer:
         spec = self.spec
         steps = self.steps_per_epoch
         total = spec.n_epochs * steps
-        scale = 1.0 / self.B if spec.aggregation == "mean" else 1.0
+        scale = 1.0 / spec.batch_size if spec.aggregation == "mean" else 1.0  # global batch
         bar = tqdm(range(spec.n_epochs), disable=not (spec.verbose and self.shard.rank == 0),
                    desc="epochs", leave=False)
         for epoch in bar:

@@ -172,26 +172,12 @@ def test_bad_parameters_raise_input_error_naming_them(digits, no_heavy_work, cls
         cls(**kwargs).fit_transform(digits[0][:200])
 
 
-# Parameters the validation lets through, so that they crash, hang or silently misbehave.
+# Parameters that once slipped through the validation (crash, hang or silent misbehaviour).
 @pytest.mark.parametrize("kwargs,name", [
-    pytest.param({"max_cell_size": -1}, "max_cell_size", id="max_cell_size=-1",
-                 marks=pytest.mark.xfail(
-        strict=True, reason="engine._check_params does not check max_cell_size; a negative bound "
-                            "makes index.bound_cells split forever (the fit hangs)")),
-    pytest.param({"max_cell_size": 0}, "max_cell_size", id="max_cell_size=0",
-                 marks=pytest.mark.xfail(
-        strict=True, reason="max_cell_size=0 is silently ignored (index.build_index: "
-                            "`max_cell_size or n`)")),
-    pytest.param({"cell_size": 0}, "cell_size", id="cell_size=0", marks=pytest.mark.xfail(
-        strict=True, reason="cell_size is not checked: ZeroDivisionError in index.auto_n_cells")),
-    pytest.param({"n_neighbors": 15.0}, "n_neighbors", id="n_neighbors=15.0",
-                 marks=pytest.mark.xfail(
-        strict=True, reason="_check_number(integer=True) accepts 15.0 but n_neighbors is never "
-                            "cast to int: TypeError in index.cell_knn")),
-    pytest.param({"clip_grad": -1.0}, "clip_grad", id="clip_grad=-1", marks=pytest.mark.xfail(
-        strict=True, reason="clip_grad is not checked: a negative value is ignored by the fused "
-                            "epoch (clip > 0) but makes optimize.step's clamp_(-c, c) set "
-                            "every gradient coordinate to c")),
+    pytest.param({"max_cell_size": -1}, "max_cell_size", id="max_cell_size=-1"),
+    pytest.param({"max_cell_size": 0}, "max_cell_size", id="max_cell_size=0"),
+    pytest.param({"cell_size": 0}, "cell_size", id="cell_size=0"),
+    pytest.param({"clip_grad": -1.0}, "clip_grad", id="clip_grad=-1"),
 ])
 def test_unchecked_parameters_raise_input_error(digits, no_heavy_work, kwargs, name):
     with pytest.raises(InputError, match=name):

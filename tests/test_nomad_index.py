@@ -285,15 +285,7 @@ def corrupt(path, how: str) -> None:
         path.write_bytes(b"")
 
 
-@pytest.mark.parametrize("how", [
-    "garbage",
-    pytest.param("truncated", marks=pytest.mark.xfail(
-        strict=True, reason="index.py: the cache loader catches (OSError, ValueError, KeyError) "
-                            "but a truncated .npz raises zipfile.BadZipFile")),
-    pytest.param("empty", marks=pytest.mark.xfail(
-        strict=True, reason="index.py: the cache loader does not catch the EOFError of an "
-                            "empty .npz")),
-])
+@pytest.mark.parametrize("how", ["garbage", "truncated", "empty"])
 def test_corrupt_cache_entry_is_rebuilt(mixture, tmp_path, how):
     X = mixture[0]
     ref, _ = build_index(X, 5, n_cells=4, cache_dir=tmp_path)
