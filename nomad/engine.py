@@ -112,7 +112,9 @@ class ContrastiveEmbedding(EmbeddingMethod):
         clip_grad: clip each gradient coordinate of the summed loss (cne, UMAP: 4).
         init: "pca"; init_scale: std of PC1 after rescaling.
         n_cells: K-means cells ("auto" = one per ``cell_size`` points); max_cell_size:
-            the bound cells are split to ("auto" = 2 * n / n_cells).
+            the bound cells are split to ("auto" = 2 * n / n_cells); n_probe: kNN candidates
+            come from the own cell (1, the paper) or also the n_probe - 1 nearest cells
+            (higher recall; one device only, since neighbours may then cross devices).
         approximate: which cells enter as cell means ("none", "remote", "others").
         mean_refresh: "epoch" (paper, Figure 2) or "step" (reference code).
         metric: "euclidean" or "inner_product" (unit-norm data only) for the index.
@@ -150,6 +152,7 @@ class ContrastiveEmbedding(EmbeddingMethod):
         n_cells: int | str = "auto",
         cell_size: int = 8192,
         max_cell_size: int | str = "auto",
+        n_probe: int = 1,
         approximate: str | None = None,
         mean_refresh: str = "epoch",
         metric: str = "euclidean",
@@ -182,6 +185,7 @@ class ContrastiveEmbedding(EmbeddingMethod):
         self.n_cells = n_cells
         self.cell_size = cell_size
         self.max_cell_size = max_cell_size
+        self.n_probe = n_probe
         self.approximate = approximate
         self.mean_refresh = mean_refresh
         self.metric = metric
@@ -210,6 +214,10 @@ class ContrastiveEmbedding(EmbeddingMethod):
         _check_number("n_cells", self.n_cells, minimum=1, integer=True, auto=True)
         _check_number("devices", self.devices, minimum=1, integer=True)
         _check_number("cell_size", self.cell_size, minimum=1, integer=True)
+        _check_number("n_probe", self.n_probe, minimum=1, integer=True)
+        if self.n_probe > 1 and self.devices > 1:
+            raise InputError(f"n_probe={self.n_probe} lets kNN edges cross cells, and so devices; with "
+                             f"devices={self.devices} keep method.n_probe=1")
         _check_number("max_cell_size", self.max_cell_size, minimum=1, integer=True, auto=True)
         if self.clip_grad is not None:
             _check_number("clip_grad", self.clip_grad, minimum=0, strict=True)
@@ -264,7 +272,7 @@ class ContrastiveEmbedding(EmbeddingMethod):
         with self._phase("knn"):
             self.index_, self.index_cached_ = build_index(
                 X, int(self.n_neighbors), n_cells=n_cells, max_cell_size=max_cell, metric=self.metric,
-                seed=self.random_state, cache_dir=self.cache_dir)
+                seed=self.random_state, cache_dir=self.cache_dir, n_probe=int(self.n_probe))
         with self._phase("init"):
             Y0 = pca_init(X, self.init_scale, self.random_state)
         spec = self._train_spec(n, approximate)

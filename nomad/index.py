@@ -146,26 +146,43 @@ def bound_cells(X: np.ndarray, labels: np.ndarray, max_cell_size: int, gen: torc
     return labels
 
 
-def cell_knn(
-    X: np.ndarray, labels: np.ndarray, k: int, metric: str = "euclidean", chunk: int = 2048
-) -> tuple[np.ndarray, np.ndarray]:
-    """Exact k nearest neighbours of every point among the points of its own cell.
+def probe_lists(X: np.ndarray, labels: np.ndarray, n_probe: int) -> list[np.ndarray]:
+    """For every cell, itself and its ``n_probe - 1`` nearest cells (by centroid distance)."""
+    C = int(labels.max()) + 1
+    sums = np.zeros((C, X.shape[1]))
+    for lo, hi in _chunks(len(X), 1 << 16):
+        np.add.at(sums, labels[lo:hi], np.asarray(X[lo:hi], dtype=np.float64))
+    centroids = torch.as_tensor(sums / np.bincount(labels, minlength=C)[:, None], dtype=torch.float32)
+    d = _sq_dists(centroids, centroids, (centroids * centroids).sum(1))
+    d.fill_diagonal_(-1.0)  # a cell probes itself first
+    return list(torch.topk(d, min(n_probe, C), largest=False).indices.numpy())
 
-    Cells smaller than k+1 get their missing neighbours padded with the nearest ones
-    repeated, so the table stays rectangular (logged as a warning).
+
+def cell_knn(
+    X: np.ndarray, labels: np.ndarray, k: int, metric: str = "euclidean", chunk: int = 2048,
+    n_probe: int = 1,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact k nearest neighbours of every point among the points of its own cell
+    (``n_probe=1``, the paper's index) or of its cell and the ``n_probe - 1`` cells with
+    the nearest centroids (IVF-style probing: higher recall, neighbours may cross cells).
+
+    Candidate sets smaller than k+1 get their missing neighbours padded with the nearest
+    ones repeated, so the table stays rectangular (logged as a warning).
     """
     n = len(X)
     nbrs = np.empty((n, k), dtype=np.int64)
     dists = np.empty((n, k), dtype=np.float32)
     order = np.argsort(labels, kind="stable")
     bounds = np.searchsorted(labels[order], np.arange(labels.max() + 2))
+    probes = probe_lists(X, labels, n_probe) if n_probe > 1 else [[c] for c in range(len(bounds) - 1)]
     small = 0
     for c in range(len(bounds) - 1):
         rows = order[bounds[c] : bounds[c + 1]]
         if len(rows) == 0:
             continue
-        Xc = torch.as_tensor(np.asarray(X[rows], dtype=np.float32))
-        kk = min(k, len(rows) - 1)
+        cand = np.concatenate([order[bounds[r] : bounds[r + 1]] for r in probes[c]])  # own cell first
+        Xc = torch.as_tensor(np.asarray(X[cand], dtype=np.float32))
+        kk = min(k, len(cand) - 1)
         if kk < k:
             small += 1
         c_sq = (Xc * Xc).sum(1)
@@ -182,10 +199,10 @@ def cell_knn(
             if idx.shape[1] < k:
                 reps = -(-k // idx.shape[1])
                 idx, val = idx.repeat(1, reps)[:, :k], val.repeat(1, reps)[:, :k]
-            nbrs[rows[lo:hi]] = rows[idx.numpy()]
+            nbrs[rows[lo:hi]] = cand[idx.numpy()]
             dists[rows[lo:hi]] = val.numpy() if metric == "inner_product" else val.sqrt().numpy()
     if small:
-        log.warning("%d cells have at most k=%d points; their neighbour lists repeat entries", small, k)
+        log.warning("%d cells have at most k=%d candidates; their neighbour lists repeat entries", small, k)
     return nbrs, dists
 
 
@@ -214,6 +231,7 @@ def build_index(
     fit_size: int = 200_000,
     seed: int = 0,
     cache_dir: str | os.PathLike | None = None,
+    n_probe: int = 1,
 ) -> tuple[CellIndex, bool]:
     """Build (or load from the cache) the K-means cell index of X.
 
@@ -227,7 +245,7 @@ def build_index(
     max_cell_size = max_cell_size or n
     path = None
     if cache_dir is not None:
-        params = (_INDEX_VERSION, k, n_cells, max_cell_size, metric, max_iter, tol, fit_size, seed)
+        params = (_INDEX_VERSION, k, n_cells, max_cell_size, metric, max_iter, tol, fit_size, seed, n_probe)
         key = hashlib.blake2b(f"{data_key(X)}{params}".encode(), digest_size=12).hexdigest()
         path = Path(cache_dir) / "nomad_index" / f"{key}.npz"
         if path.exists():
@@ -250,7 +268,7 @@ def build_index(
         labels = np.zeros(n, dtype=np.int64)
     if labels.max() >= 0 and np.bincount(labels).max() > max_cell_size:
         labels = bound_cells(X, labels, max_cell_size, gen)
-    nbrs, dists = cell_knn(X, labels, k, metric)
+    nbrs, dists = cell_knn(X, labels, k, metric, n_probe=n_probe)
     idx = CellIndex(labels, nbrs, dists)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -128,7 +128,7 @@ def _z_bar(name: str, result: Fit, n: int, Z: float) -> float:
     if name == REFERENCES["tsne"]:
         return Z
     if name == REFERENCES["ncvis"]:
-        return float(n * n * np.exp(float(method.loss_.log_z)))
+        return n * n * float(method.loss_.log_z.detach().exp())
     if name == REFERENCES["umap"]:
         return n * n / method.negative_sample_rate
     return np.nan
