@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Fit:
-    """One fitted embedding: the method object (for its fitted attributes), Y and wall time."""
+    """One fitted embedding: the method object (for its fitted attributes), Y and its time."""
 
     plan: Plan
     Y: np.ndarray
@@ -85,8 +85,7 @@ def pair_statistics(Y: np.ndarray, max_points: int, seed: int) -> tuple[float, f
     ``n (n - 1) / (|S| (|S| - 1))`` times the sum over the pairs of S.
     """
     n = len(Y)
-    if not isinstance(max_points, int) or max_points < 2:
-        raise InputError(f"figure.pair_sample={max_points!r} must be a whole number >= 2.")
+    check_whole("max_points", max_points, least=2)
     rows = np.arange(n)
     if n > max_points:
         rows = np.sort(np.random.default_rng(seed).choice(n, max_points, replace=False))
@@ -94,6 +93,12 @@ def pair_statistics(Y: np.ndarray, max_points: int, seed: int) -> tuple[float, f
     d = pdist(np.asarray(Y[rows], dtype=np.float64))
     pairs_sum = 2.0 * float(np.sum(1.0 / (1.0 + d * d)))
     return pairs_sum * (n * (n - 1)) / (m * (m - 1)), float(np.median(d))
+
+
+def check_whole(name: str, value: Any, least: int) -> None:
+    """Raise :class:`InputError` unless ``value`` is a whole number >= ``least``."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < least:
+        raise InputError(f"{name}={value!r} must be a whole number >= {least}.")
 
 
 def scatter(ax: Axes, Y: np.ndarray, labels: np.ndarray | None, title: str) -> None:
@@ -166,4 +171,3 @@ def command() -> str:
     """The command line of this figure run (its task overrides), shell-quoted."""
     overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
     return shlex.join(["python", "-m", "experiments.figures", *overrides])
-

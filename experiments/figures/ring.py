@@ -30,6 +30,7 @@ from sklearn.neighbors import NearestNeighbors
 from baselines.umap import UMAP
 from experiments.figures._common import (
     Fit,
+    check_whole,
     fit,
     markdown_table,
     method_plan,
@@ -53,8 +54,7 @@ def make(cfg: DictConfig) -> pd.DataFrame:
     ``<name>.png`` and ``<name>.md`` into ``cfg.out_dir``; return the table."""
     spec = cfg.figure
     patch = spec.patch
-    if not isinstance(patch, int) or isinstance(patch, bool) or patch < 3:
-        raise InputError(f"figure.patch={patch!r} must be a whole number >= 3, e.g. 50.")
+    check_whole("figure.patch", patch, least=3)
     for key in ("dataset", "many_rings"):
         if cfg[key].get("loader") != "rings":
             raise InputError(
@@ -68,7 +68,9 @@ def make(cfg: DictConfig) -> pd.DataFrame:
             "the data, an initial layout that only umap-learn's init accepts."
         )
 
-    datasets = [load_dataset(cfg[key], cfg.paths.data_dir, cfg.seed) for key in ("dataset", "many_rings")]
+    datasets = [
+        load_dataset(cfg[key], cfg.paths.data_dir, cfg.seed) for key in ("dataset", "many_rings")
+    ]
     for data in datasets:
         check_data(data.X, min_points=max(plans[0].min_points, patch))
         if data.X.shape[1] != 2:
@@ -91,8 +93,10 @@ def make(cfg: DictConfig) -> pd.DataFrame:
             f"![{spec.name}]({spec.name}.png)",
             "",
             markdown_table(table, FORMATS),
-            f"Width: median local aspect ratio of each point's {patch} nearest data neighbours "
-            "(1 = round patch, 0 = a line), on ring 0; ratio = after / before.",
+            (
+                f"Width: median local aspect ratio of each point's {patch} nearest data "
+                "neighbours (1 = round patch, 0 = a line), on ring 0; ratio = after / before."
+            ),
         ],
     )
     return table
