@@ -11,8 +11,9 @@ included, metrics excluded).
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import ClassVar, Iterator
+from typing import ClassVar
 
 import numpy as np
 

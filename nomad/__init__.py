@@ -4,6 +4,8 @@
     Y = NOMAD(n_epochs=200).fit_transform(X)
 """
 
-from .methods import NCVis, NegTSNEMethod as NegTSNE, InfoNCTSNE, NOMAD, UMAPLossMethod as UMAPLoss
+from .methods import NOMAD, InfoNCTSNE, NCVis
+from .methods import NegTSNEMethod as NegTSNE
+from .methods import UMAPLossMethod as UMAPLoss
 
-__all__ = ["NOMAD", "InfoNCTSNE", "NegTSNE", "NCVis", "UMAPLoss"]
+__all__ = ["NOMAD", "InfoNCTSNE", "NCVis", "NegTSNE", "UMAPLoss"]

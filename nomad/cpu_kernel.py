@@ -34,6 +34,19 @@ def _kernel_grad(d2, q, kernel_kind, a, b):
     return -a * b * max(d2, 1e-12) ** (b - 1.0) * q * q
 
 
+@numba.njit(inline="always", fastmath=True)
+def _noise_term(q, c, loss_kind, alpha, inv_sum, nu, log_nu, with_value):
+    """(dL/dq, loss, dL/dlog(nu)) of one noise column of weight c (a sample or a cell mean)."""
+    if loss_kind == 0:  # InfoNCE: the column only enters the heads' normalisers
+        return alpha * c * inv_sum, 0.0, 0.0
+    if loss_kind == 1:  # binary NCE
+        value = c * (np.log(q + nu) - log_nu) if with_value else 0.0
+        return c / (q + nu), value, c * (nu / (q + nu) - 1.0)
+    one_minus_q = max(1.0 - q, 1e-4)  # UMAP
+    value = -c * np.log(one_minus_q) if with_value else 0.0
+    return c / one_minus_q, value, 0.0
+
+
 def _batch_forces(Y, heads, pos, p, noise, c_noise, mu, c_mu, exclude_cell, rho,
                  loss_kind, kernel_kind, alpha, nu, a, b, grad, with_value, n_threads):
     """Add the batch gradient to ``grad`` (n, 2); return per-head losses (when
@@ -95,18 +108,9 @@ def _batch_forces(Y, heads, pos, p, noise, c_noise, mu, c_mu, exclude_cell, rho,
             dx, dy = f_noise[h, s, 0], f_noise[h, s, 1]
             d2 = dx * dx + dy * dy
             q = qn[s]
-            c = c_noise[h]
-            if loss_kind == 0:
-                g = alpha * c * inv_sum
-            elif loss_kind == 1:
-                g = c / (q + nu)
-                if with_value:
-                    value[h] += c * (np.log(q + nu) - log_nu)
-                d_lognu[h] += c * (nu / (q + nu) - 1.0)
-            else:
-                g = c / max(1.0 - q, 1e-4)
-                if with_value:
-                    value[h] += -c * np.log(max(1.0 - q, 1e-4))
+            g, v, dl = _noise_term(q, c_noise[h], loss_kind, alpha, inv_sum, nu, log_nu, with_value)
+            value[h] += v
+            d_lognu[h] += dl
             w = 2.0 * g * _kernel_grad(d2, q, kernel_kind, a, b)
             f_noise[h, s, 0], f_noise[h, s, 1] = w * dx, w * dy
             hx += w * dx
@@ -116,18 +120,9 @@ def _batch_forces(Y, heads, pos, p, noise, c_noise, mu, c_mu, exclude_cell, rho,
                 dx, dy = yi0 - mu[r, 0], yi1 - mu[r, 1]
                 d2 = dx * dx + dy * dy
                 q = _kernel(d2, kernel_kind, a, b)
-                c = c_mu[r]
-                if loss_kind == 0:
-                    g = alpha * c * inv_sum
-                elif loss_kind == 1:
-                    g = c / (q + nu)
-                    if with_value:
-                        value[h] += c * (np.log(q + nu) - log_nu)
-                    d_lognu[h] += c * (nu / (q + nu) - 1.0)
-                else:
-                    g = c / max(1.0 - q, 1e-4)
-                    if with_value:
-                        value[h] += -c * np.log(max(1.0 - q, 1e-4))
+                g, v, dl = _noise_term(q, c_mu[r], loss_kind, alpha, inv_sum, nu, log_nu, with_value)
+                value[h] += v
+                d_lognu[h] += dl
                 w = 2.0 * g * _kernel_grad(d2, q, kernel_kind, a, b)
                 hx += w * dx
                 hy += w * dy

@@ -328,7 +328,7 @@ class ContrastiveEmbedding(EmbeddingMethod):
             lr = n / 10 if self.aggregation == "mean" else 1.0
         else:
             lr = float(self.learning_rate)
-        S = min(int(math.ceil(self.n_noise)), 32) if self.noise_samples == "auto" else int(self.noise_samples)
+        S = min(math.ceil(self.n_noise), 32) if self.noise_samples == "auto" else int(self.noise_samples)
         torch.manual_seed(self.random_state)
         return TrainSpec(
             loss=self._make_loss(n), p=p_ji(int(self.n_neighbors), self.p_model), n_epochs=int(self.n_epochs),

@@ -216,7 +216,7 @@ def data_key(X: np.ndarray) -> str:
 
 
 def auto_n_cells(n: int, cell_size: int) -> int:
-    return max(1, int(round(n / cell_size)))
+    return max(1, round(n / cell_size))
 
 
 def build_index(

@@ -147,7 +147,7 @@ class _ShardTrainer:
         )
         # heads per step on this device: its share of the global batch
         share = self.n_local / shard.n_total * comm.world_size
-        self.B = max(1, int(round(spec.batch_size / comm.world_size * share)))
+        self.B = max(1, round(spec.batch_size / comm.world_size * share))
         self.steps_per_epoch = max(1, math.ceil(shard.n_total / spec.batch_size))
         params = [{"params": [self.Y], "lr": spec.learning_rate}]
         extra = [q for q in spec.loss.parameters() if q.requires_grad]

@@ -46,16 +46,6 @@ COLLECTIVES = (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads, nb_threads = torch.get_num_threads(), numba.get_num_threads()
-    torch.set_num_threads(1)
-    numba.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-    numba.set_num_threads(nb_threads)
-
-
 def subprocess_env(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
@@ -66,6 +56,9 @@ def subprocess_env(**extra: str) -> dict[str, str]:
 def blobs(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     X, y = make_blobs(n, n_features=10, centers=5, random_state=seed)
     return X.astype(np.float32), y
+
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # -- an instrumented 2-process run -----------------------------------------------------------------

@@ -9,10 +9,8 @@
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 import pytest
-import torch
 from scipy.spatial.distance import pdist
 from sklearn.datasets import load_digits, make_blobs
 from sklearn.decomposition import PCA
@@ -30,16 +28,6 @@ from nomad.losses import InfoNCE
 from nomad.optimize import Comm, TrainSpec, _lr_factor, _ShardTrainer
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads, nb_threads = torch.get_num_threads(), numba.get_num_threads()
-    torch.set_num_threads(1)
-    numba.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-    numba.set_num_threads(nb_threads)
-
-
 @pytest.fixture(scope="module")
 def digits() -> tuple[np.ndarray, np.ndarray]:
     d = load_digits()
@@ -54,6 +42,9 @@ def median_scale(Y: np.ndarray, seed: int = 0) -> float:
     """Median pairwise distance of a seeded 300-point subsample."""
     rows = np.random.default_rng(seed).choice(len(Y), 300, replace=False)
     return float(np.median(pdist(Y[rows])))
+
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # -- the library API end to end -------------------------------------------------------------------

@@ -24,15 +24,7 @@ from nomad.index import build_index
 from nomad.losses import NCE, InfoNCE, NegTSNE, UMAPLoss, cauchy
 from nomad.optimize import Comm, TrainSpec, _ShardTrainer
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads, nb_threads = torch.get_num_threads(), numba.get_num_threads()
-    torch.set_num_threads(1)
-    numba.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-    numba.set_num_threads(nb_threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # -- p(j|i), eq. 6 ------------------------------------------------------------------------------
