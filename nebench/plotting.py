@@ -37,7 +37,7 @@ def plot_embedding(
     labels' colours when there are at most ``MAX_LEGEND_CLASSES`` classes)."""
     labelled = labels is not None and np.any(labels >= 0)
     classes = np.unique(labels[labels >= 0]) if labelled else np.empty(0, dtype=int)
-    colors = _class_colors(len(classes))
+    colors = class_colors(len(classes))
     legend = 0 < len(classes) <= MAX_LEGEND_CLASSES
     fig = Figure(figsize=(7.5, 6) if legend else (6, 6), dpi=150)
     ax = fig.add_subplot()
@@ -73,7 +73,7 @@ def plot_quality_vs_time(
     fig = Figure(figsize=(4.5 * len(datasets) + 2, 4), dpi=150)
     axes = fig.subplots(1, len(datasets), squeeze=False)[0]
     series = sorted(points["series"].unique())
-    colors = dict(zip(series, _class_colors(len(series))))
+    colors = dict(zip(series, class_colors(len(series))))
     for ax, dataset in zip(axes, datasets):
         for name, group in points[points["dataset"] == dataset].groupby("series"):
             group = group.sort_values("time")
@@ -141,7 +141,7 @@ def _density(ax, Y, labels, classes, colors) -> None:
     ax.imshow(rgba, origin="lower", extent=extent, interpolation="nearest")
 
 
-def _class_colors(n_classes: int) -> np.ndarray:
+def class_colors(n_classes: int) -> np.ndarray:
     """RGBA per class: tab10 / tab20 when they suffice, else an evenly sampled rainbow."""
     if n_classes > 20:
         return colormaps["nipy_spectral"](np.linspace(0.05, 0.95, n_classes))

@@ -12,11 +12,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import numba
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
@@ -28,6 +26,8 @@ from experiments.figures._common import pair_statistics
 from nebench.errors import InputError
 from nebench.results import read_results
 from nebench.runner import prepare
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -52,18 +52,6 @@ def figure_config(overrides: list[str], tmp_path: Path) -> Iterator[DictConfig]:
             cfg = compose("figure", overrides=overrides, return_hydra_config=True)
             HydraConfig.instance().set_config(cfg)
             yield cfg
-
-
-@contextmanager
-def one_thread() -> Iterator[None]:
-    torch_threads, numba_threads = torch.get_num_threads(), numba.get_num_threads()
-    torch.set_num_threads(1)
-    numba.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(torch_threads)
-        numba.set_num_threads(numba_threads)
 
 
 def task(cfg: DictConfig) -> DictConfig:
@@ -230,9 +218,9 @@ def test_a_run_py_overlay_is_not_a_figure(tmp_path) -> None:
 
 
 @pytest.fixture(scope="module")
-def spectrum_run(tmp_path_factory) -> tuple[pd.DataFrame, list[str]]:
+def spectrum_run(tmp_path_factory, one_thread) -> tuple[pd.DataFrame, list[str]]:
     tmp_path = tmp_path_factory.mktemp("spectrum")
-    with figure_config(["experiment=damrich_fig1_reduced"], tmp_path) as cfg, one_thread():
+    with figure_config(["experiment=damrich_fig1_reduced"], tmp_path) as cfg:
         return spectrum.make(cfg), figure_files(cfg)
 
 
@@ -264,7 +252,7 @@ def test_spectrum_at_umaps_z_bar_is_closer_to_umap_than_to_tsne(spectrum_run) ->
 @pytest.mark.slow
 def test_umap_contracts_the_ring_and_more_so_among_many_rings(tmp_path) -> None:
     """umap-true-loss Fig. 1b, c: width ratio < 0.5, smaller when the ring is one of several."""
-    with figure_config(["experiment=umap_ring_reduced"], tmp_path) as cfg, one_thread():
+    with figure_config(["experiment=umap_ring_reduced"], tmp_path) as cfg:
         table = ring.make(cfg).set_index("dataset")
         assert figure_files(cfg) == ["umap_ring.md", "umap_ring.png"]
     assert table.loc["ring", "width before"] > 0.5  # a patch of the annulus is nearly round
@@ -275,7 +263,7 @@ def test_umap_contracts_the_ring_and_more_so_among_many_rings(tmp_path) -> None:
 @pytest.mark.slow
 def test_table1_nomad_matches_opentsnes_np10_with_a_speedup_column(tmp_path) -> None:
     """nomad-projection Table 1: comparable NP@10 (the paper: 6.1 % vs 6.2 %)."""
-    with figure_config(["experiment=nomad_table1_reduced"], tmp_path) as cfg, one_thread():
+    with figure_config(["experiment=nomad_table1_reduced"], tmp_path) as cfg:
         table = nomad_table1.make(cfg).set_index("method")
         assert figure_files(cfg) == ["nomad_table1.md", "nomad_table1.png"]
     total, speedup = table[nomad_table1.bench.TOTAL], table[nomad_table1.SPEEDUP]

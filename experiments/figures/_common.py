@@ -28,7 +28,7 @@ from scipy.spatial.distance import pdist
 from experiments.bench import hardware
 from nebench.errors import InputError
 from nebench.io import atomic_open
-from nebench.plotting import UNLABELLED_COLOR, _class_colors  # the scatter plots' colours
+from nebench.plotting import UNLABELLED_COLOR, class_colors  # the scatter plots' colours
 from nebench.results import code_version, timestamp
 from nebench.runner import Plan, check_embedding, prepare
 
@@ -109,7 +109,7 @@ def scatter(ax: Axes, Y: np.ndarray, labels: np.ndarray | None, title: str) -> N
         colors = np.tile(UNLABELLED_COLOR, (len(Y), 1))
     else:
         classes, codes = np.unique(labels, return_inverse=True)
-        colors = _class_colors(len(classes))[codes]
+        colors = class_colors(len(classes))[codes]
     ax.scatter(Y[order, 0], Y[order, 1], c=colors[order], s=size, lw=0, rasterized=True)
     ax.set_title(title, fontsize=9)
     ax.set_aspect("equal", adjustable="datalim")
