@@ -158,6 +158,49 @@ batch_forces_serial = numba.njit(fastmath=True, cache=True)(_batch_forces)
 PARALLEL_MIN_PAIRS = 100_000
 
 
+_M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+_S30, _S27, _S31, _S11 = np.uint64(30), np.uint64(27), np.uint64(31), np.uint64(11)
+
+
+@numba.njit(inline="always")
+def _mix(x):
+    """splitmix64's finaliser: a well-mixed 64-bit integer from a counter."""
+    x = (x ^ (x >> _S30)) * _M1
+    x = (x ^ (x >> _S27)) * _M2
+    return x ^ (x >> _S31)
+
+
+@numba.njit(inline="always")
+def _uniform_int(counter, size):
+    """An integer uniform in [0, size) from a counter (53 random bits)."""
+    u = np.float64(_mix(counter) >> _S11) * (1.0 / 9007199254740992.0)
+    return min(np.int64(u * size), size - 1)
+
+
+def _draw(heads, noise, c_noise, exclude, dom_lo, dom_n, head_cell, exclude_own, n_local,
+          n_noise, n_total, base):
+    """Heads uniform over the shard, S noise points per head from its domain.
+
+    Counter-based (the random numbers are a function of (base, h, s) only), so the draws
+    are the same for any thread count and can be made in parallel.
+    """
+    B, S = noise.shape
+    stride = np.uint64(S + 1)
+    for h in numba.prange(B):
+        counter = base + np.uint64(h) * stride
+        i = _uniform_int(counter, n_local)
+        heads[h] = i
+        lo, size = dom_lo[i], dom_n[i]
+        for s in range(S):
+            noise[h, s] = lo + _uniform_int(counter + np.uint64(s + 1), size)
+        c_noise[h] = n_noise * size / n_total / S
+        exclude[h] = head_cell[i] if exclude_own else -1
+
+
+draw = numba.njit(parallel=True, cache=True)(_draw)
+draw_serial = numba.njit(cache=True)(_draw)
+
+
 @numba.njit(cache=True)
 def fused_epoch(Y, velocity, nbrs, p, dom_lo, dom_n, n_total, n_noise, S, B, lrs, momentum, clip,
                 mu, c_mu, head_cell, exclude_own, rho, loss_kind, kernel_kind, alpha, log_nu,
@@ -165,13 +208,12 @@ def fused_epoch(Y, velocity, nbrs, p, dom_lo, dom_n, n_total, n_noise, S, B, lrs
     """One epoch of SGD steps, all in compiled code (the CPU fast path).
 
     Each step draws B heads uniformly and S noise points per head from its domain
-    [dom_lo, dom_lo + dom_n) (numpy's generator, seeded per epoch, drawn serially so the
-    result does not depend on the thread count), computes the batch gradient with
+    [dom_lo, dom_lo + dom_n) (:func:`draw`, counter-based from ``seed``, so the result does
+    not depend on the thread count), computes the batch gradient with
     :func:`batch_forces`, clips it, and takes an SGD step with momentum (torch's rule:
     v = momentum v + g; y -= lr v) at ``lrs[step]``. NCE's log(nu) takes plain SGD steps
     at ``lr_nu``. Returns the first step's mean loss per head and the final log(nu).
     """
-    np.random.seed(seed)
     n_local = Y.shape[0]
     grad = np.zeros_like(Y)
     heads = np.empty(B, dtype=np.int64)
@@ -179,21 +221,20 @@ def fused_epoch(Y, velocity, nbrs, p, dom_lo, dom_n, n_total, n_noise, S, B, lrs
     c_noise = np.empty(B, dtype=np.float32)
     exclude = np.full(B, -1, dtype=np.int64)
     first_loss = 0.0
+    parallel = B * (nbrs.shape[1] + S + mu.shape[0]) >= PARALLEL_MIN_PAIRS
     for step in range(lrs.shape[0]):
-        for h in range(B):
-            i = np.random.randint(0, n_local)
-            heads[h] = i
-            lo, size = dom_lo[i], dom_n[i]
-            for s in range(S):
-                noise[h, s] = lo + np.random.randint(0, size)
-            c_noise[h] = n_noise * size / n_total / S
-            if exclude_own:
-                exclude[h] = head_cell[i]
+        base = _mix(np.uint64(seed) * np.uint64(1_000_003) + np.uint64(step)) * np.uint64(1 << 20)
+        draw_args = (heads, noise, c_noise, exclude, dom_lo, dom_n, head_cell, exclude_own,
+                     n_local, n_noise, n_total, base)
+        if parallel:
+            draw(*draw_args)
+        else:
+            draw_serial(*draw_args)
         grad[:] = 0.0
         nu = np.exp(log_nu)
         args = (Y, heads, nbrs[heads], p, noise, c_noise, mu, c_mu, exclude, rho, loss_kind,
                 kernel_kind, alpha, nu, a, b, grad, step == 0)
-        if B * (nbrs.shape[1] + S + mu.shape[0]) >= PARALLEL_MIN_PAIRS:
+        if parallel:
             value, d_lognu = batch_forces(*args, n_threads)
         else:
             value, d_lognu = batch_forces_serial(*args, 1)
