@@ -255,8 +255,6 @@ def mixture_3000() -> np.ndarray:
 
 @pytest.mark.slow
 def test_two_processes_match_one_in_neighborhood_preservation(mixture_3000):
-    # NP@10 here: 0.386 on one process, 0.422 on two; 0.403 on two with the step scale fixed
-    # (learning_rate halved), and the same gaps with random_state=1
     from metrics import neighborhood_preservation
 
     X = mixture_3000
