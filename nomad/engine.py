@@ -118,6 +118,7 @@ class ContrastiveEmbedding(EmbeddingMethod):
             "auto" = 3 on one device (NP@10 +0.02-0.03 on MNIST and arXiv, README), 1 on several.
         approximate: which cells enter as cell means ("none", "remote", "others").
         mean_refresh: "epoch" (paper, Figure 2) or "step" (reference code).
+        mean_weight: "paper" (|M| p(m in r), eq. 4) or "reference" (1 per mean, the code).
         metric: "euclidean" or "inner_product" (unit-norm data only) for the index.
         accelerator ("cpu"/"cuda"/"auto"), devices: where to train; devices > 1 runs
             one process per device.
@@ -156,6 +157,7 @@ class ContrastiveEmbedding(EmbeddingMethod):
         n_probe: int | str = "auto",
         approximate: str | None = None,
         mean_refresh: str = "epoch",
+        mean_weight: str = "paper",
         metric: str = "euclidean",
         accelerator: str = "auto",
         devices: int = 1,
@@ -189,6 +191,7 @@ class ContrastiveEmbedding(EmbeddingMethod):
         self.n_probe = n_probe
         self.approximate = approximate
         self.mean_refresh = mean_refresh
+        self.mean_weight = mean_weight
         self.metric = metric
         self.accelerator = accelerator
         self.devices = devices
@@ -225,7 +228,8 @@ class ContrastiveEmbedding(EmbeddingMethod):
         choices = {"p_model": ("inverse_rank", "uniform"), "aggregation": ("mean", "sum"),
                    "lr_schedule": ("linear", "reference", "constant"), "init": ("pca",),
                    "approximate": (None, "none", "remote", "others"),
-                   "mean_refresh": ("epoch", "step"), "metric": ("euclidean", "inner_product"),
+                   "mean_refresh": ("epoch", "step"), "mean_weight": ("paper", "reference"),
+                   "metric": ("euclidean", "inner_product"),
                    "accelerator": ("auto", "cpu", "cuda")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -339,7 +343,8 @@ class ContrastiveEmbedding(EmbeddingMethod):
         return TrainSpec(
             loss=self._make_loss(n), p=p_ji(int(self.n_neighbors), self.p_model), n_epochs=int(self.n_epochs),
             learning_rate=lr, batch_size=batch, n_noise=float(self.n_noise), noise_samples=S,
-            approximate=approximate, mean_refresh=self.mean_refresh, aggregation=self.aggregation,
+            approximate=approximate, mean_refresh=self.mean_refresh, mean_weight=self.mean_weight,
+            aggregation=self.aggregation,
             momentum=float(self.momentum), lr_schedule=self.lr_schedule, lr_decay_start=self.lr_decay_start,
             early_exaggeration=float(self.early_exaggeration),
             early_exaggeration_epochs=int(self.early_exaggeration_epochs),

@@ -61,6 +61,7 @@ class TrainSpec:
     noise_samples: int  # S drawn per head
     approximate: str = "remote"
     mean_refresh: str = "epoch"
+    mean_weight: str = "paper"  # "paper": |M| p(m in r) (eq. 4); "reference": 1 per mean
     aggregation: str = "mean"
     momentum: float = 0.0
     lr_schedule: str = "linear"
@@ -137,8 +138,12 @@ class _ShardTrainer:
         if spec.approximate == "none" and comm.world_size > 1:
             raise ValueError("approximate='none' needs every point on one device; use 'remote'")
         self.remote_mask = torch.as_tensor(shard.cell_rank != shard.rank, device=dev)
-        # |M| p(m in r) for every cell that may be approximated (eq. 4)
-        self._c_mu = spec.n_noise * self.cell_sizes / shard.n_total
+        # |M| p(m in r) for every cell that may be approximated (eq. 4); the reference code
+        # gives every mean weight 1
+        if spec.mean_weight == "paper":
+            self._c_mu = spec.n_noise * self.cell_sizes / shard.n_total
+        else:
+            self._c_mu = torch.ones_like(self.cell_sizes)
         if spec.approximate == "remote":
             self._c_mu = self._c_mu * self.remote_mask
         self.fused = spec.backend == "fused" or (spec.backend == "auto" and dev.type == "cpu")

@@ -322,3 +322,15 @@ def test_negtsne_scale_falls_as_z_bar_grows(mixture_1000, seed, knob, values):
         scales.append(median_scale(Y))
     assert np.all(np.diff(scales) < 0), scales
     assert scales[0] > 1.5 * scales[-1]
+
+
+def test_reference_mean_weight_gives_each_cell_mean_weight_one(digits):
+    """mean_weight="reference" (the authors' code) weights every approximated cell mean 1,
+    the paper |M| p(m in r) (eq. 4); the two runs differ."""
+    X = digits[0][:600]
+    kw = {"n_epochs": 5, "n_cells": 4, "approximate": "others", "random_state": 0}
+    paper = NOMAD(**kw)
+    reference = NOMAD(mean_weight="reference", **kw)
+    assert np.abs(paper.fit_transform(X) - reference.fit_transform(X)).max() > 1e-3
+    with pytest.raises(InputError, match="mean_weight"):
+        NOMAD(mean_weight="one").fit_transform(X)
