@@ -177,24 +177,31 @@ def _uniform_int(counter, size):
     return min(np.int64(u * size), size - 1)
 
 
-def _draw(heads, noise, c_noise, exclude, dom_lo, dom_n, head_cell, exclude_own, n_local,
-          n_noise, n_total, base):
-    """Heads uniform over the shard, S noise points per head from its domain.
+def _draw(heads, noise, c_noise, exclude, dom_lo, dom_n, head_cell, exclude_own, pool, nbrs,
+          n_local, n_noise, n_total, base):
+    """Heads uniform over the shard, S noise points per head from its domain (or, with
+    ``pool``, from the batch's positives, as the reference code does).
 
     Counter-based (the random numbers are a function of (base, h, s) only), so the draws
     are the same for any thread count and can be made in parallel.
     """
     B, S = noise.shape
+    K = nbrs.shape[1]
     stride = np.uint64(S + 1)
     for h in numba.prange(B):
-        counter = base + np.uint64(h) * stride
-        i = _uniform_int(counter, n_local)
+        i = _uniform_int(base + np.uint64(h) * stride, n_local)
         heads[h] = i
-        lo, size = dom_lo[i], dom_n[i]
-        for s in range(S):
-            noise[h, s] = lo + _uniform_int(counter + np.uint64(s + 1), size)
-        c_noise[h] = n_noise * size / n_total / S
         exclude[h] = head_cell[i] if exclude_own else -1
+    for h in numba.prange(B):
+        counter = base + np.uint64(h) * stride
+        lo, size = dom_lo[heads[h]], dom_n[heads[h]]
+        for s in range(S):
+            if pool:
+                slot = _uniform_int(counter + np.uint64(s + 1), B * K)
+                noise[h, s] = nbrs[heads[slot // K], slot % K]
+            else:
+                noise[h, s] = lo + _uniform_int(counter + np.uint64(s + 1), size)
+        c_noise[h] = n_noise / S if pool else n_noise * size / n_total / S
 
 
 draw = numba.njit(parallel=True, cache=True)(_draw)
@@ -203,7 +210,7 @@ draw_serial = numba.njit(cache=True)(_draw)
 
 @numba.njit(cache=True)
 def fused_epoch(Y, velocity, nbrs, p, dom_lo, dom_n, n_total, n_noise, S, B, lrs, momentum, clip,
-                mu, c_mu, head_cell, exclude_own, rho, loss_kind, kernel_kind, alpha, log_nu,
+                mu, c_mu, head_cell, exclude_own, pool, rho, loss_kind, kernel_kind, alpha, log_nu,
                 learn_nu, lr_nu, a, b, seed, n_threads):
     """One epoch of SGD steps, all in compiled code (the CPU fast path).
 
@@ -224,8 +231,8 @@ def fused_epoch(Y, velocity, nbrs, p, dom_lo, dom_n, n_total, n_noise, S, B, lrs
     parallel = B * (nbrs.shape[1] + S + mu.shape[0]) >= PARALLEL_MIN_PAIRS
     for step in range(lrs.shape[0]):
         base = _mix(np.uint64(seed) * np.uint64(1_000_003) + np.uint64(step)) * np.uint64(1 << 20)
-        draw_args = (heads, noise, c_noise, exclude, dom_lo, dom_n, head_cell, exclude_own,
-                     n_local, n_noise, n_total, base)
+        draw_args = (heads, noise, c_noise, exclude, dom_lo, dom_n, head_cell, exclude_own, pool,
+                     nbrs, n_local, n_noise, n_total, base)
         if parallel:
             draw(*draw_args)
         else:

@@ -119,6 +119,8 @@ class ContrastiveEmbedding(EmbeddingMethod):
         approximate: which cells enter as cell means ("none", "remote", "others").
         mean_refresh: "epoch" (paper, Figure 2) or "step" (reference code).
         mean_weight: "paper" (|M| p(m in r), eq. 4) or "reference" (1 per mean, the code).
+        noise: "uniform" over all points (eq. 2) or "batch_neighbors": drawn from the pool
+            of the batch's positives, each standing for |M|/S samples (the reference code).
         metric: "euclidean" or "inner_product" (unit-norm data only) for the index.
         accelerator ("cpu"/"cuda"/"auto"), devices: where to train; devices > 1 runs
             one process per device.
@@ -158,6 +160,7 @@ class ContrastiveEmbedding(EmbeddingMethod):
         approximate: str | None = None,
         mean_refresh: str = "epoch",
         mean_weight: str = "paper",
+        noise: str = "uniform",
         metric: str = "euclidean",
         accelerator: str = "auto",
         devices: int = 1,
@@ -192,6 +195,7 @@ class ContrastiveEmbedding(EmbeddingMethod):
         self.approximate = approximate
         self.mean_refresh = mean_refresh
         self.mean_weight = mean_weight
+        self.noise = noise
         self.metric = metric
         self.accelerator = accelerator
         self.devices = devices
@@ -229,6 +233,7 @@ class ContrastiveEmbedding(EmbeddingMethod):
                    "lr_schedule": ("linear", "reference", "constant"), "init": ("pca",),
                    "approximate": (None, "none", "remote", "others"),
                    "mean_refresh": ("epoch", "step"), "mean_weight": ("paper", "reference"),
+                   "noise": ("uniform", "batch_neighbors"),
                    "metric": ("euclidean", "inner_product"),
                    "accelerator": ("auto", "cpu", "cuda")}
         for name, allowed in choices.items():
@@ -344,7 +349,7 @@ class ContrastiveEmbedding(EmbeddingMethod):
             loss=self._make_loss(n), p=p_ji(int(self.n_neighbors), self.p_model), n_epochs=int(self.n_epochs),
             learning_rate=lr, batch_size=batch, n_noise=float(self.n_noise), noise_samples=S,
             approximate=approximate, mean_refresh=self.mean_refresh, mean_weight=self.mean_weight,
-            aggregation=self.aggregation,
+            noise=self.noise, aggregation=self.aggregation,
             momentum=float(self.momentum), lr_schedule=self.lr_schedule, lr_decay_start=self.lr_decay_start,
             early_exaggeration=float(self.early_exaggeration),
             early_exaggeration_epochs=int(self.early_exaggeration_epochs),

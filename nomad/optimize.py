@@ -62,6 +62,7 @@ class TrainSpec:
     approximate: str = "remote"
     mean_refresh: str = "epoch"
     mean_weight: str = "paper"  # "paper": |M| p(m in r) (eq. 4); "reference": 1 per mean
+    noise: str = "uniform"  # "uniform" over the domain (eq. 2); "batch_neighbors" (reference code)
     aggregation: str = "mean"
     momentum: float = 0.0
     lr_schedule: str = "linear"
@@ -187,6 +188,10 @@ class _ShardTrainer:
         else:
             lo = torch.zeros(B, dtype=torch.long, device=self.dev)
             size = torch.full((B,), self.n_local, dtype=torch.long, device=self.dev)
+        if self.spec.noise == "batch_neighbors":  # reference code: the pool of the batch's positives
+            pool = self.nbrs[heads].reshape(-1)
+            noise = pool[torch.randint(len(pool), (B, S), generator=self.gen, device=self.dev)]
+            return heads, noise, torch.full_like(size, self.shard.n_total)  # weight |M| / S each
         u = torch.rand(B, S, generator=self.gen, device=self.dev)
         noise = lo[:, None] + torch.minimum((u * size[:, None]).long(), size[:, None] - 1)
         return heads, noise, size
@@ -308,7 +313,8 @@ class _ShardTrainer:
             self.B, lrs, float(spec.momentum), float(spec.clip_grad or 0.0),
             np.zeros((0, 2), np.float32) if no_mu else mu.numpy(),
             np.zeros(0, np.float32) if no_mu else self._c_mu.numpy(),
-            self.cell.numpy(), spec.approximate == "others", float(rho), loss_kind, kernel_kind,
+            self.cell.numpy(), spec.approximate == "others", spec.noise == "batch_neighbors",
+            float(rho), loss_kind, kernel_kind,
             float(alpha), math.log(nu) if nu > 0 else 0.0, learn_nu, 1e-3, float(a), float(b),
             (spec.seed * 1_000_003 + self.shard.rank * 10_007 + epoch) % (2**32),
             numba.get_num_threads())

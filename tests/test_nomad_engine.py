@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from scipy.spatial.distance import pdist
 from sklearn.datasets import load_digits, make_blobs
 from sklearn.decomposition import PCA
@@ -334,3 +335,22 @@ def test_reference_mean_weight_gives_each_cell_mean_weight_one(digits):
     assert np.abs(paper.fit_transform(X) - reference.fit_transform(X)).max() > 1e-3
     with pytest.raises(InputError, match="mean_weight"):
         NOMAD(mean_weight="one").fit_transform(X)
+
+
+def test_batch_neighbor_noise_draws_from_the_batch_pool(digits):
+    """noise="batch_neighbors" (the authors' code) draws noise from the positives of the
+    batch's heads, each standing for |M|/S samples; it runs on both paths and differs."""
+    X = digits[0][:600]
+    idx, _ = build_index(X, 8, n_cells=3)
+    shard = make_shards(idx, pca_init(X, 1.0, 0), 1)[0]
+    spec = TrainSpec(loss=InfoNCE(), p=p_ji(8), n_epochs=1, learning_rate=60.0, batch_size=60,
+                     n_noise=1000, noise_samples=16, noise="batch_neighbors")
+    trainer = _ShardTrainer(shard, spec, Comm())
+    heads, noise, size = trainer._sample(60, 16)
+    pool = set(trainer.nbrs[heads].reshape(-1).tolist())
+    assert set(noise.reshape(-1).tolist()) <= pool
+    assert torch.all(1000 * size / 600 / 16 == 1000 / 16)  # weight |M| / S per draw
+    kw = {"n_epochs": 5, "random_state": 0}
+    Y_pool = NOMAD(noise="batch_neighbors", **kw).fit_transform(X)
+    assert np.isfinite(Y_pool).all()
+    assert np.abs(Y_pool - NOMAD(**kw).fit_transform(X)).max() > 1e-3
