@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import subprocess
 import sys
 from pathlib import Path
@@ -10,8 +9,7 @@ from pathlib import Path
 import numpy as np
 import openTSNE
 import pytest
-from hydra.utils import get_class
-from omegaconf import OmegaConf
+from conftest import check_cpu_method_config
 from sklearn.datasets import load_digits
 from sklearn.model_selection import cross_val_score
 from sklearn.neighbors import KNeighborsClassifier
@@ -152,17 +150,7 @@ def test_umap_needs_more_points_than_neighbors() -> None:
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
 def test_config_matches_constructor(path) -> None:
-    cfg = OmegaConf.to_container(OmegaConf.load(path))
-    assert cfg.pop("name") == path.stem
-    cls = get_class(cfg.pop("_target_"))
-    assert cls.accelerators == ("cpu",) and cls.multi_device is False
-    defaults = {
-        k: p.default for k, p in inspect.signature(cls).parameters.items() if k != "random_state"
-    }
-    assert cfg == defaults  # every hyperparameter listed, with the constructor's default
-    method = cls(**cfg, random_state=5)
-    assert method.random_state == 5
-    assert all(getattr(method, k) == v for k, v in cfg.items())
+    check_cpu_method_config(path, path.stem)
 
 
 @pytest.mark.slow  # the first UMAP run in a process spends 30-70 s in numba compilation

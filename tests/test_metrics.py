@@ -35,14 +35,7 @@ def brute_knn(data: np.ndarray, query_idx: np.ndarray, k: int) -> np.ndarray:
     return np.argsort(dist, axis=1, kind="stable")[:, :k]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    # small chunks mean many small torch ops; on a shared, busy CPU, OpenMP threads spinning
-    # against other processes make each op ~10x slower. The results do not depend on it.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ tests skip. One thread throughout (the CPU is shared); few iterations on 600 dig
 
 from __future__ import annotations
 
-import inspect
 from importlib import import_module
 from pathlib import Path
 from types import ModuleType
@@ -14,8 +13,7 @@ from types import ModuleType
 import numpy as np
 import pytest
 import torch
-from hydra.utils import get_class
-from omegaconf import OmegaConf
+from conftest import check_cpu_method_config
 from sklearn.datasets import load_digits
 from sklearn.model_selection import cross_val_score
 from sklearn.neighbors import KNeighborsClassifier
@@ -249,14 +247,4 @@ def test_cne_needs_more_points_than_neighbors() -> None:
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_config_matches_constructor(name) -> None:
     pytest.importorskip(CONFIGS[name])
-    cfg = OmegaConf.to_container(OmegaConf.load(REPO / "conf" / "method" / f"{name}.yaml"))
-    assert cfg.pop("name") == name
-    cls = get_class(cfg.pop("_target_"))
-    assert cls.accelerators == ("cpu",) and cls.multi_device is False
-    defaults = {
-        k: p.default for k, p in inspect.signature(cls).parameters.items() if k != "random_state"
-    }
-    assert cfg == defaults  # every hyperparameter listed, with the constructor's default
-    method = cls(**cfg, random_state=5)
-    assert method.random_state == 5
-    assert all(getattr(method, k) == v for k, v in cfg.items())
+    check_cpu_method_config(REPO / "conf" / "method" / f"{name}.yaml", name)
