@@ -8,6 +8,8 @@ the embedding and writes the run contract into the Hydra run dir:
 * ``config.yaml``: the resolved config;
 * ``embedding.npy``: n x 2 float32, rows in dataset order;
 * ``embedding.png``: scatter plot coloured by label (density-shaded for large n);
+* ``loss_log.csv``: only for methods that log losses per epoch (``umap_loss`` with
+  ``sampling=edges loss_log_every=N``: purported, effective and actual loss, umap-true-loss);
 * ``metrics.json``: flat metrics, ``time_total_s``, ``time_<phase>_s``, ``time_metrics_s``
   (not part of the total), ``peak_rss_gb``, ``n``, ``dim``, ``accelerator``, ``devices``;
   written last of the files, then one row is appended to the results table.
@@ -52,7 +54,7 @@ from nebench.results import append_row, check_results_path, code_version, timest
 log = logging.getLogger(__name__)
 
 #: files that only a successful run leaves (removed when a run fails)
-RESULT_FILES = ("embedding.npy", "embedding.png", "metrics.json")
+RESULT_FILES = ("embedding.npy", "embedding.png", "metrics.json", "loss_log.csv")
 ERROR_FILE = "error.txt"
 #: method config keys that are not constructor arguments
 CONFIG_KEYS = ("name", "_target_")
@@ -210,6 +212,10 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
 
     with atomic_open(out_dir / "embedding.npy") as f:
         np.save(f, Y)
+    loss_log = getattr(plan.method, "loss_log_", None)
+    if loss_log:  # umap_loss with sampling=edges: umap-true-loss Fig. 3's curves
+        with atomic_open(out_dir / "loss_log.csv", "w") as f:
+            pd.DataFrame(loss_log).to_csv(f, index=False)
     title = f"{plan.name} on {data.name} (n={n:,}, seed {cfg.seed}, {time_total:.1f} s)"
     plot_embedding(Y, out_dir / "embedding.png", data.y, data.label_names, title)
     with atomic_open(out_dir / "metrics.json", "w") as f:

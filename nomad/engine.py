@@ -103,7 +103,8 @@ class ContrastiveEmbedding(EmbeddingMethod):
         learning_rate: "auto" = n/10 (nomad-projection sec. 3.4) for mean aggregation,
             1.0 for sum aggregation (cne).
         batch_size: heads per step over all devices ("auto" = ceil(n/10): with the
-            n/10 rate each head occurrence then takes a unit step, cne's setting).
+            n/10 rate each head occurrence then takes a unit step, cne's setting); edges per
+            step with ``sampling="edges"`` ("auto" = 1024, cne's ICLR-paper batch).
         aggregation: "mean" (paper) or "sum" (cne) of the loss over a batch.
         momentum, lr_schedule ("linear" to 0, "reference": flat then linear, "constant"),
         lr_decay_start: SGD settings; the reference code uses momentum 0.8 and "reference".
@@ -127,6 +128,13 @@ class ContrastiveEmbedding(EmbeddingMethod):
         cache_dir: where the index is cached (None: no cache).
         parametric: train an MLP encoder (widths ``hidden``) with Adam instead of free
             positions ("auto" learning rate 1e-3, cne); ``transform`` then embeds new points.
+        sampling: "heads" (NOMAD: draw heads, each brings its k neighbours) or "edges"
+            (UMAP, cne: each epoch walks the edges of the symmetric graph ``graph``, "binary"
+            (cne) or "umap" (UMAP's fuzzy simplicial set), each taken with probability mu_ij;
+            one device, free positions; see :mod:`nomad.edges`). Edge-mode options:
+            push_noise (negatives are pushed too), correct_repulsion (umap-true-loss eq. 18),
+            loss_log_every / loss_log_pairs (purported, effective and actual UMAP losses
+            every that many epochs, in ``loss_log_``; all-pair sums exact up to that many pairs).
     """
 
     accelerators: ClassVar[tuple[str, ...]] = ("cpu", "cuda")
@@ -167,6 +175,12 @@ class ContrastiveEmbedding(EmbeddingMethod):
         cache_dir: str | None = None,
         parametric: bool = False,
         hidden: tuple[int, ...] | list[int] = (100, 100, 100),
+        sampling: str = "heads",
+        graph: str = "binary",
+        push_noise: bool = True,
+        correct_repulsion: bool = False,
+        loss_log_every: int = 0,
+        loss_log_pairs: int = 10**8,
         random_state: int = 0,
         verbose: bool = False,
     ):
@@ -202,6 +216,12 @@ class ContrastiveEmbedding(EmbeddingMethod):
         self.cache_dir = cache_dir
         self.parametric = parametric
         self.hidden = hidden
+        self.sampling = sampling
+        self.graph = graph
+        self.push_noise = push_noise
+        self.correct_repulsion = correct_repulsion
+        self.loss_log_every = loss_log_every
+        self.loss_log_pairs = loss_log_pairs
         self.random_state = random_state
         self.verbose = verbose
 
@@ -235,11 +255,26 @@ class ContrastiveEmbedding(EmbeddingMethod):
                    "mean_refresh": ("epoch", "step"), "mean_weight": ("paper", "reference"),
                    "noise": ("uniform", "batch_neighbors"),
                    "metric": ("euclidean", "inner_product"),
+                   "sampling": ("heads", "edges"), "graph": ("binary", "umap"),
                    "accelerator": ("auto", "cpu", "cuda")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise InputError(f"method.{name}={getattr(self, name)!r} is invalid: choose one of "
                                  f"{[a for a in allowed if a is not None]}")
+        _check_number("loss_log_every", self.loss_log_every, minimum=0, integer=True)
+        _check_number("loss_log_pairs", self.loss_log_pairs, minimum=1, integer=True)
+        if self.sampling == "edges":
+            _check_number("n_noise", self.n_noise, minimum=1, integer=True)
+            if self.devices > 1 or self.parametric or self.approximate not in (None, "none") \
+                    or self._default_approximate != "none":
+                raise InputError("sampling='edges' trains free positions on one device with exact noise: "
+                                 "use it with infonc_tsne, neg_tsne, ncvis or umap_loss, devices=1 and "
+                                 "parametric=false (or keep method.sampling=heads)")
+        elif self.correct_repulsion or self.loss_log_every:
+            raise InputError("correct_repulsion and loss_log_every sample kNN edges: set "
+                             "method.sampling=edges")
+        if self.graph == "umap" and self.metric != "euclidean":
+            raise InputError("graph='umap' needs Euclidean distances: set method.metric=euclidean")
         if self.parametric and self.devices > 1:
             raise InputError("parametric=true runs on one device: drop trainer.devices or set "
                              "method.parametric=false")
@@ -292,6 +327,9 @@ class ContrastiveEmbedding(EmbeddingMethod):
             if self.parametric:
                 Ys = [self._fit_parametric(X, shards[0], spec)]
                 stats = [{"bytes_by_tag": {}, "calls_by_tag": {}}]
+            elif self.sampling == "edges":
+                Ys = [self._fit_edges(shards[0], spec)]
+                stats = [{"bytes_by_tag": {}, "calls_by_tag": {}}]
             elif self.devices == 1:
                 comm = Comm()
                 Ys = [train_shard(shards[0], spec, comm)]
@@ -324,6 +362,18 @@ class ContrastiveEmbedding(EmbeddingMethod):
         trainer = ParametricTrainer(shard, spec, Comm(), self.encoder_, X[shard.rows])
         return trainer.train()
 
+    def _fit_edges(self, shard: Shard, spec: TrainSpec) -> np.ndarray:
+        from .edges import EdgeTrainer, check_edge_options, edge_graph
+
+        check_edge_options(spec.loss, self.correct_repulsion, self.loss_log_every)
+        graph = edge_graph(shard.neighbors, self.index_.distances[shard.rows], self.graph, self.random_state)
+        trainer = EdgeTrainer(shard, spec, Comm(), graph, push_noise=bool(self.push_noise),
+                              correct_repulsion=bool(self.correct_repulsion),
+                              loss_log_every=int(self.loss_log_every), loss_log_pairs=int(self.loss_log_pairs))
+        Y = trainer.train()
+        self.loss_log_ = trainer.loss_log
+        return Y
+
     def transform(self, X: np.ndarray) -> np.ndarray:
         """Embed new points with the trained encoder (parametric mode only)."""
         from .parametric import embed
@@ -335,7 +385,10 @@ class ContrastiveEmbedding(EmbeddingMethod):
             return embed(self.encoder_, X)
 
     def _train_spec(self, n: int, approximate: str) -> TrainSpec:
-        batch = math.ceil(n / 10) if self.batch_size == "auto" else int(self.batch_size)
+        if self.batch_size != "auto":
+            batch = int(self.batch_size)
+        else:  # edges: cne's ICLR-paper batch of 1024 edges
+            batch = 1024 if self.sampling == "edges" else math.ceil(n / 10)
         batch = min(batch, n)
         if self.learning_rate == "auto" and self.parametric:
             lr = 1e-3  # Adam (cne, Parametric UMAP)

@@ -117,6 +117,15 @@ def _lr_factor(spec: TrainSpec, t: float) -> float:
     raise ValueError(f"unknown lr_schedule {spec.lr_schedule!r}")
 
 
+def _rho(spec: TrainSpec, epoch: int) -> float:
+    """Attraction multiplier of an epoch: early, then late exaggeration (1 = off)."""
+    if epoch < spec.early_exaggeration_epochs:
+        return spec.early_exaggeration
+    if epoch / spec.n_epochs >= spec.late_exaggeration_time:
+        return spec.late_exaggeration
+    return 1.0
+
+
 class _ShardTrainer:
     def __init__(self, shard: Shard, spec: TrainSpec, comm: Comm):
         self.spec, self.comm, self.shard = spec, comm, shard
@@ -331,11 +340,7 @@ class _ShardTrainer:
                    desc="epochs", leave=False)
         for epoch in bar:
             _maybe_inject_fault(self.shard.rank, epoch)
-            rho = 1.0
-            if epoch < spec.early_exaggeration_epochs:
-                rho = spec.early_exaggeration
-            elif epoch / spec.n_epochs >= spec.late_exaggeration_time:
-                rho = spec.late_exaggeration
+            rho = _rho(spec, epoch)
             mu = self.cell_means() if self.uses_means and spec.mean_refresh == "epoch" else None
             lrs = np.array([spec.learning_rate * _lr_factor(spec, (epoch * steps + k) / total)
                             for k in range(steps)])
