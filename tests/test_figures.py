@@ -20,7 +20,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from scipy.spatial.distance import pdist
 
-from experiments.figures import nomad_fig3, nomad_table1, ring, spectrum
+from experiments.figures import loss_curves, nomad_fig3, nomad_table1, ring, spectrum
 from experiments.figures.__main__ import make_figure
 from experiments.figures._common import pair_statistics
 from nebench.errors import InputError
@@ -31,7 +31,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
-FIGURES = ["damrich_fig1", "umap_ring", "nomad_fig3", "nomad_table1"]
+FIGURES = ["damrich_fig1", "umap_ring", "umap_loss_curves", "nomad_fig3", "nomad_table1"]
 #: methods.umap turned into the engine's UMAP loss, which cannot start at the data
 ENGINE_UMAP = [
     "methods.umap._target_=nomad.UMAPLoss",
@@ -87,6 +87,9 @@ def test_full_figures_use_the_papers_data_and_budgets(tmp_path) -> None:
             20,
             10000,
         )
+    with figure_config(["experiment=umap_loss_curves"], tmp_path) as cfg:
+        umap = cfg.methods.umap
+        assert (umap.n_neighbors, umap.n_epochs, umap.graph, umap.push_noise) == (30, 750, "umap", False)
     with figure_config(["experiment=nomad_table1"], tmp_path) as cfg:
         assert cfg.dataset.name == "mnist" and list(cfg.methods) == ["nomad", "opentsne"]
     with figure_config(["experiment=nomad_fig3"], tmp_path) as cfg:
@@ -258,6 +261,22 @@ def test_umap_contracts_the_ring_and_more_so_among_many_rings(tmp_path) -> None:
     assert table.loc["ring", "width before"] > 0.5  # a patch of the annulus is nearly round
     assert table.loc["ring", "ratio"] < 0.5, table
     assert table.loc["rings5", "ratio"] < table.loc["ring", "ratio"], table
+
+
+@pytest.mark.slow
+def test_umap_sampling_follows_its_effective_loss_not_its_purported_one(tmp_path) -> None:
+    """umap-true-loss Fig. 3: the actual loss tracks the effective one, the purported
+    repulsion is over ten times the effective one, and the effective loss falls."""
+    with figure_config(["experiment=umap_loss_curves_reduced"], tmp_path) as cfg:
+        table = loss_curves.make(cfg)
+        assert figure_files(cfg) == ["umap_loss_curves.md", "umap_loss_curves.png",
+                                     "umap_loss_curves_corrected.csv", "umap_loss_curves_umap.csv"]
+        curves = pd.read_csv(Path(cfg.out_dir) / "umap_loss_curves_umap.csv")
+    assert (table["actual / effective"] - 1).abs().max() < 0.1, table
+    umap_rows = table[table["run"] == "UMAP sampling"]
+    assert (umap_rows["purported rep. / effective rep."] > 10).all(), table
+    assert curves["effective"].iloc[-1] < 0.5 * curves["effective"].iloc[0]
+    assert curves["purported"].iloc[-1] > curves["effective"].iloc[-1] * 10
 
 
 @pytest.mark.slow
