@@ -8,7 +8,7 @@ effective loss (eq. 12) and the actual loss of the epoch's sampled pairs (eq. 11
 into attraction and repulsion (:mod:`nomad.true_loss`). A second run adds the paper's proposed
 correction (sec. 7.3, eq. 18: kNN edges sampled for extra repulsion). The paper used
 C. elegans (k = 30, 750 epochs); this figure uses the configured ``dataset`` (default: a
-10,000-point MNIST subset) with the same k and budget.
+5,000-point MNIST subset) with the same k and budget.
 
 The claims checked (tests/test_figures.py, reduced): the actual loss tracks the effective
 one; the purported repulsion is over an order of magnitude larger than the effective one;
