@@ -135,12 +135,12 @@ def run_benchmark(cfg: DictConfig) -> Report:
     return Report(header=header, table=_table(rows))
 
 
-def command() -> str:
-    """The command line that reproduces this Hydra run: its task overrides and any
-    ``hydra.searchpath`` (where extra method configs live), shell-quoted."""
+def command(module: str = "experiments.bench") -> str:
+    """The command line (``python -m <module>``) that reproduces this Hydra run: its task
+    overrides and any ``hydra.searchpath`` (where extra method configs live), shell-quoted."""
     overrides = HydraConfig.get().overrides
     searchpath = [o for o in overrides.hydra if o.startswith("hydra.searchpath")]
-    return shlex.join(["python", "-m", "experiments.bench", *overrides.task, *searchpath])
+    return shlex.join(["python", "-m", module, *overrides.task, *searchpath])
 
 
 def hardware() -> str:

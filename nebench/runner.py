@@ -76,7 +76,11 @@ def _is_positive(v: Any) -> bool:
 
 #: key -> (check, rule, example value) for hyperparameters shared by several methods
 HYPERPARAMETER_RULES: dict[str, tuple[Callable[[Any], bool], str, Any]] = {
-    "n_epochs": (_is_count, "a whole number >= 0", 500),
+    "n_epochs": (
+        lambda v: _is_count(v) or (isinstance(v, list) and bool(v) and all(map(_is_count, v))),
+        "a whole number >= 0 (t-SimCNE: one per stage, e.g. [1000, 50, 450])",
+        500,
+    ),
     "n_iter": (_is_count, "a whole number >= 0", 500),
     "n_neighbors": (lambda v: _is_count(v) and v >= 1, "a whole number >= 1", 15),
     "learning_rate": (lambda v: v == "auto" or _is_positive(v), "a number > 0 or auto", "auto"),
@@ -111,6 +115,10 @@ def prepare(cfg: DictConfig) -> Plan:
     accepted, open_ended = constructor_parameters(cls)
     runtime = {"random_state": seed, "accelerator": accelerator, "devices": devices}
     kwargs = {**hyperparameters, **{k: v for k, v in runtime.items() if k in accepted}}
+    if "image_shape" in accepted and kwargs.get("image_shape") in (None, "auto"):
+        # image methods (t-SimCNE) get the dataset's shape; a PCA'd dataset fails in the fit
+        shape = (cfg.get("dataset") or {}).get("image_shape")
+        kwargs["image_shape"] = None if shape is None else [int(s) for s in shape]
     unknown = [] if open_ended else sorted(set(kwargs) - set(accepted))
     if unknown:
         raise InputError(
@@ -118,7 +126,8 @@ def prepare(cfg: DictConfig) -> Plan:
             f"{', '.join(p for p in accepted if p not in RUNTIME_KEYS)}. Remove or rename the "
             "method.<key> override (or the key in its conf/method/ file)."
         )
-    if cfg.get("holdout", False) and not hyperparameters.get("parametric", False):
+    parametric = hyperparameters.get("parametric", False) or getattr(cls, "always_parametric", False)
+    if cfg.get("holdout", False) and not parametric:
         raise InputError(
             f"holdout=true embeds the test split with transform, which needs a parametric method: "
             f"method {name!r} is not; set method.parametric=true (engine methods) or holdout=false."

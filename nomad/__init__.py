@@ -7,5 +7,6 @@
 from .methods import NOMAD, InfoNCTSNE, NCVis
 from .methods import NegTSNEMethod as NegTSNE
 from .methods import UMAPLossMethod as UMAPLoss
+from .tsimcne import TSimCNE
 
-__all__ = ["NOMAD", "InfoNCTSNE", "NCVis", "NegTSNE", "UMAPLoss"]
+__all__ = ["NOMAD", "InfoNCTSNE", "NCVis", "NegTSNE", "TSimCNE", "UMAPLoss"]

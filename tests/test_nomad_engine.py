@@ -50,7 +50,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 # -- the library API end to end -------------------------------------------------------------------
 def test_public_api():
-    assert set(nomad.__all__) == {"NOMAD", "InfoNCTSNE", "NegTSNE", "NCVis", "UMAPLoss"}
+    assert set(nomad.__all__) == {"NOMAD", "InfoNCTSNE", "NegTSNE", "NCVis", "UMAPLoss", "TSimCNE"}
 
 
 def test_nomad_embeds_digits(digits):

@@ -9,6 +9,8 @@ damrich_fig1       tsne-to-umap-contrastive Fig. 1 (Neg-t-SNE spectrum)  ``spect
 umap_ring          umap-true-loss Fig. 1 (UMAP contracts a ring)         ``ring``
 nomad_fig3         nomad-projection Fig. 3 (quality vs wall time)        ``nomad_fig3``
 nomad_table1       nomad-projection Table 1 (NOMAD vs openTSNE)          ``nomad_table1``
+parametric         tsne-to-umap-contrastive Fig. 3, parametric-umap      ``parametric``
+                   sec. 2 (parametric vs non-parametric, transform)
 =================  ===================================================  ==========================
 
 ``<figure>_reduced`` is the tiny version each test runs. The settings live in

@@ -1,0 +1,295 @@
+"""Parametric vs non-parametric embeddings (tsne-to-umap-contrastive Fig. 3; parametric-umap
+sec. 2): quality of UMAP, InfoNC-t-SNE and Neg-t-SNE in both modes, and the time to embed
+held-out points by ``transform`` against refitting.
+
+Every method (``methods.<key>``, the engine's ``umap_loss``, ``infonc_tsne`` and ``neg_tsne``)
+runs in each mode of ``figure.modes`` (a mode is a set of method parameters: ``parametric:
+false``, or ``parametric: true`` plus its own budget). Parametric UMAP is the engine's
+``umap_loss`` with ``parametric=true``: UMAP's graph, kernel and cross-entropy trained through an
+MLP encoder, as Parametric UMAP does (Sainburg et al., without its optional reconstruction and
+global-structure terms); umap-learn's ``ParametricUMAP`` needs TensorFlow, which the harness
+does not install. umap-learn's own UMAP (``figure.references``) is shown beside them as the
+non-parametric reference, since the engine's ``umap_loss`` is the same loss on different
+machinery (PCA start, uniform binary kNN graph instead of fuzzy weights).
+
+Per method and mode:
+
+0. an untimed 2-epoch fit of every engine method on a few rows compiles the engine's numba
+   kernels first, so that no timed fit includes one-off compilation;
+1. fit on the train rows (MNIST: the first 60,000 = ``dataset.n_train``); NP@k, RTA and kNN
+   accuracy (80/20 split of the train rows) of that embedding, and its fit time (the method's
+   phases, kNN included; every run builds its own kNN index, ``cache_dir: null``);
+2. place the held-out rows (MNIST: the 10,000 test rows). A parametric fit embeds them with
+   ``transform`` (a forward pass through the encoder); a non-parametric embedding has no map
+   for new points, so it must be refitted on train + held-out rows (the fit time of that
+   refit is its cost). The held-out columns score the held-out rows' embedding: NP@k and RTA
+   among them, and kNN accuracy of a classifier fitted on the same embedding's train rows.
+
+The speed-up is the non-parametric refit time of the method over its ``transform`` time. The
+inputs are the dataset's own preprocessing (MNIST: PCA-50 fitted on all 70,000 rows, as the
+runner's ``holdout=true`` sees them). Without a test split (digits), ``figure.n_test`` rows of
+a seeded permutation are held out.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+
+from experiments.figures._common import (
+    Fit,
+    check_whole,
+    fit,
+    markdown_table,
+    method_plan,
+    panel_grid,
+    save_figure,
+    scatter,
+    write_markdown,
+)
+from metrics import evaluate, knn_accuracy
+from nebench.data.dataset import Dataset
+from nebench.datasets import check_data, load_dataset
+from nebench.errors import InputError
+from nebench.runner import Plan, check_embedding
+
+log = logging.getLogger(__name__)
+
+#: the paper's methods: key in ``methods`` -> name in the table
+METHODS = {"umap": "UMAP", "infonc_tsne": "InfoNC-t-SNE", "neg_tsne": "Neg-t-SNE"}
+#: rows of the untimed warm-up fits
+WARM_UP_ROWS = 300
+#: how held-out points are placed in each kind of mode
+TRANSFORM, REFIT = "transform", "refit on train + held-out"
+COLUMNS = ["method", "mode", "fit (s)", "NP@k", "RTA", "kNN acc", "held-out by",
+           "held-out (s)", "speed-up", "held-out NP@k", "held-out RTA", "held-out kNN acc"]  # fmt: skip
+FORMATS = {"fit (s)": "{:.1f}", "NP@k": "{:.3f}", "RTA": "{:.3f}", "kNN acc": "{:.3f}",
+           "held-out (s)": "{:.3g}", "speed-up": "{:.0f}x", "held-out NP@k": "{:.3f}",
+           "held-out RTA": "{:.3f}", "held-out kNN acc": "{:.3f}"}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Split:
+    """Train and held-out rows of the data, their labels."""
+
+    X_train: np.ndarray
+    X_test: np.ndarray
+    y_train: np.ndarray | None
+    y_test: np.ndarray | None
+    how: str
+
+
+@dataclass(frozen=True)
+class Run:
+    """One method in one mode: its train fit and the held-out rows' embedding."""
+
+    method: str
+    mode: str
+    train: Fit
+    Y_test: np.ndarray
+    Y_test_train: np.ndarray  # the train rows of the embedding that placed the held-out rows
+    how: str
+    seconds: float
+
+
+def make(cfg: DictConfig) -> pd.DataFrame:
+    """Fit every method in every mode on the train split, place the held-out rows; write
+    ``<name>.png`` and ``<name>.md`` into ``cfg.out_dir``; return the table."""
+    spec = cfg.figure
+    check_whole("figure.k", spec.k, least=1)
+    if spec.n_test is not None:
+        check_whole("figure.n_test", spec.n_test, least=1)
+    modes = _modes(spec.get("modes"))
+    jobs = [(name, mode, key, params) for key, name in METHODS.items()
+            for mode, params in modes.items()]  # fmt: skip
+    jobs += [(key, "non-parametric", key, {}) for key in _references(cfg, spec.get("references"))]
+    plans = [method_plan(cfg, key, **params) for _, _, key, params in jobs]  # checked up front
+
+    data = load_dataset(cfg.dataset, cfg.paths.data_dir, cfg.seed)
+    split = _split(data, spec.n_test, cfg.seed)
+    check_data(split.X_train, min_points=max(p.min_points for p in plans))
+    _warm_up(cfg, modes, split.X_train)
+    runs = []
+    for (name, mode, key, params), plan in zip(jobs, plans):
+        runs.append(_run(name, mode, plan, lambda k=key, p=params: method_plan(cfg, k, **p), split))
+    table = parametric_table(runs, split, spec.k, cfg.metrics, cfg.seed)
+
+    k, out = spec.k, Path(cfg.out_dir)
+    title = (
+        f"{data.name}: fit on {len(split.X_train):,} rows, {len(split.X_test):,} held out "
+        f"({split.how})"
+    )
+    _plot(runs, split, table, title, out / f"{spec.name}.png")
+    shown = table.rename(columns={c: c.replace("@k", f"@{k}") for c in COLUMNS})
+    write_markdown(
+        out / f"{spec.name}.md",
+        f"Parametric vs non-parametric on {title}",
+        [
+            f"![{spec.name}]({spec.name}.png)",
+            "",
+            markdown_table(shown, {c.replace("@k", f"@{k}"): f for c, f in FORMATS.items()}),
+            (
+                f"NP@{k}, RTA and kNN accuracy of the train embedding (kNN accuracy: 80/20 split "
+                f"of the train rows); held-out columns: the held-out rows' embedding (NP@{k} and "
+                "RTA among them; kNN classifier fitted on the same embedding's train rows). "
+                "Times are the methods' own phases (kNN index built in every fit); held-out (s) is "
+                "the transform's wall time, or the refit's. Speed-up: the method's "
+                "non-parametric refit time over its transform time. Parametric UMAP is the "
+                "engine's umap_loss with parametric=true (umap-learn's needs TensorFlow)."
+            ),
+            f"Modes: {OmegaConf.to_container(spec.modes)}",
+        ],
+    )
+    return table
+
+
+def parametric_table(
+    runs: list[Run], split: Split, k: int, metrics: DictConfig, seed: int
+) -> pd.DataFrame:
+    """One row per run (columns :data:`COLUMNS`): quality of the train embedding and of the
+    held-out rows' embedding, fit and held-out times."""
+    options = {
+        "ks": (k,), "n_eval": metrics.n_eval, "n_triplets": metrics.n_triplets,
+        "knn_k": metrics.knn_k, "seed": seed,
+    }  # fmt: skip
+    refit = {r.method: r.seconds for r in runs if r.how == REFIT}
+    speedup = {id(r): refit.get(r.method, np.nan) / r.seconds for r in runs if r.how == TRANSFORM}
+    n_train = len(split.X_train)
+    rows = []
+    for r in runs:
+        train = evaluate(split.X_train, r.train.Y, split.y_train, None, **options)
+        test = evaluate(split.X_test, r.Y_test, None, None, **options)
+        test_acc = np.nan
+        if split.y_train is not None:
+            both = np.concatenate([r.Y_test_train, r.Y_test])
+            labels = np.concatenate([split.y_train, split.y_test])
+            test_acc = knn_accuracy(both, labels, n_train, metrics.knn_k, seed)
+        rows.append(
+            {
+                "method": r.method,
+                "mode": r.mode,
+                "fit (s)": r.train.seconds,
+                "NP@k": train[f"np@{k}"],
+                "RTA": train["rta"],
+                "kNN acc": train.get("knn_acc", np.nan),
+                "held-out by": r.how,
+                "held-out (s)": r.seconds,
+                "speed-up": speedup.get(id(r), np.nan),
+                "held-out NP@k": test[f"np@{k}"],
+                "held-out RTA": test["rta"],
+                "held-out kNN acc": np.nan if test_acc is None else test_acc,
+            }
+        )
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def _run(name: str, mode: str, plan: Plan, fresh: Callable[[], Plan], split: Split) -> Run:
+    """Fit ``plan`` on the train rows and place the held-out rows: by ``transform`` when the
+    method is parametric, else by refitting a ``fresh()`` plan on train + held-out rows."""
+    log.info("%s (%s): fit on %d rows", name, mode, len(split.X_train))
+    train = fit(plan, split.X_train)
+    if plan.hyperparameters.get("parametric", False):
+        start = time.perf_counter()
+        Y_test = plan.method.transform(split.X_test)
+        seconds = time.perf_counter() - start
+        Y_test = check_embedding(Y_test, len(split.X_test), plan.name)
+        return Run(name, mode, train, Y_test, train.Y, TRANSFORM, seconds)
+    log.info("%s (%s): refit on %d rows", name, mode, len(split.X_train) + len(split.X_test))
+    refit = fit(fresh(), np.concatenate([split.X_train, split.X_test]))
+    n_train = len(split.X_train)
+    return Run(name, mode, train, refit.Y[n_train:], refit.Y[:n_train], REFIT, refit.seconds)
+
+
+def _warm_up(cfg: DictConfig, modes: dict[str, dict[str, Any]], X: np.ndarray) -> None:
+    """Fit every engine method in every mode for 2 epochs on a few rows, untimed: the engine's
+    numba kernels compile on their first call in a process (minutes when numba's on-disk cache
+    is stale), which is one-off work, not the method's (umap-learn's compilation is likewise
+    kept out of its timings, ``baselines/umap.py``)."""
+    start = time.perf_counter()
+    rows = X[: min(len(X), WARM_UP_ROWS)]
+    for key in METHODS:
+        for params in modes.values():
+            method_plan(cfg, key, **{**params, "n_epochs": 2}).method.fit_transform(rows)
+    log.info("warm-up (compilation, not timed): %.1f s", time.perf_counter() - start)
+
+
+def _split(data: Dataset, n_test: Any, seed: int) -> Split:
+    """The dataset's train/test split (``n_test`` null), or ``n_test`` rows of a seeded
+    permutation held out."""
+    n = len(data.X)
+    y = data.y
+    if n_test is None:
+        if data.n_train >= n:
+            raise InputError(
+                f"dataset {data.name!r} has no test split (n_train = n); hold out rows with "
+                "figure.n_test=<count>, or use a dataset with one (mnist)."
+            )
+        rows_train, rows_test = np.arange(data.n_train), np.arange(data.n_train, n)
+        how = "the dataset's test split"
+    else:
+        check_whole("figure.n_test", n_test, least=1)
+        if n_test >= n - 1:
+            raise InputError(f"figure.n_test={n_test} leaves no train rows of the {n} points.")
+        order = np.random.default_rng(seed).permutation(n)
+        rows_train, rows_test = np.sort(order[n_test:]), np.sort(order[:n_test])
+        how = f"a seeded random {n_test:,}"
+    X = np.asarray(data.X, dtype=np.float32)
+    return Split(
+        X_train=X[rows_train],
+        X_test=X[rows_test],
+        y_train=None if y is None else y[rows_train],
+        y_test=None if y is None else y[rows_test],
+        how=how,
+    )
+
+
+def _modes(value: Any) -> dict[str, dict[str, Any]]:
+    modes = OmegaConf.to_container(value, resolve=True) if value is not None else None
+    if not isinstance(modes, dict) or not modes:
+        raise InputError(
+            f"figure.modes={modes!r} must map mode names to method parameters, e.g. "
+            "{non-parametric: {parametric: false}, parametric: {parametric: true}}."
+        )
+    for mode, params in modes.items():
+        if not isinstance(params, dict) or not isinstance(params.get("parametric"), bool):
+            raise InputError(f"figure.modes.{mode} must set parametric: true or false.")
+    if not any(p["parametric"] for p in modes.values()):
+        raise InputError("figure.modes has no parametric mode: nothing would use transform.")
+    return modes
+
+
+def _references(cfg: DictConfig, value: Any) -> list[str]:
+    keys = [str(v) for v in (value or [])]
+    missing = [key for key in keys if key not in (cfg.get("methods") or {})]
+    if missing:
+        raise InputError(
+            f"figure.references lists {', '.join(missing)}, which is not under methods; add "
+            f"`- /method@methods.{missing[0]}: <name>` to the experiment's defaults."
+        )
+    clash = [key for key in keys if key in METHODS]
+    if clash:
+        raise InputError(f"figure.references: {clash[0]} is one of the compared methods.")
+    return keys
+
+
+def _plot(runs: list[Run], split: Split, table: pd.DataFrame, title: str, path: Path) -> None:
+    """Per run two panels: the train embedding and the held-out rows' (coloured by label)."""
+    fig, axes = panel_grid(2 * len(runs), columns=4)
+    for i, (r, (_, row)) in enumerate(zip(runs, table.iterrows())):
+        name = f"{r.method}, {r.mode}"
+        scatter(axes[2 * i], r.train.Y, split.y_train, f"{name}: train\nNP={row['NP@k']:.2f}")
+        scatter(
+            axes[2 * i + 1], r.Y_test, split.y_test,
+            f"{name}: held-out by {r.how.split()[0]}\n{r.seconds:.3g} s, "
+            f"kNN acc={row['held-out kNN acc']:.2f}",
+        )  # fmt: skip
+    fig.suptitle(title, fontsize=10)
+    save_figure(fig, path)
