@@ -26,6 +26,7 @@ import shlex
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -157,19 +158,25 @@ def hardware() -> str:
     )
 
 
-@hydra.main(config_path="../conf", config_name="bench", version_base="1.3")
-def main(cfg: DictConfig) -> None:
-    """Hydra entry point: run the benchmark, print the table and write it to ``cfg.output``."""
+def report(run: Callable[[DictConfig], Any], cfg: DictConfig, what: str) -> None:
+    """Run a benchmark, print its markdown table and write it to ``cfg.output``; a bad
+    request is logged in one line and exits non-zero."""
     try:
-        report = run_benchmark(cfg)
+        result = run(cfg)
     except InputError as exc:
-        log.error("benchmark not run: %s", exc)
+        log.error("%s not run: %s", what, exc)
         sys.exit(1)
-    text = report.markdown()
+    text = result.markdown()
     with atomic_open(cfg.output, "w") as f:
         f.write(text)
     print(text)  # the benchmark's product, on stdout
     log.info("table written to %s", cfg.output)
+
+
+@hydra.main(config_path="../conf", config_name="bench", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    """Hydra entry point: run the benchmark, print the table and write it to ``cfg.output``."""
+    report(run_benchmark, cfg, "benchmark")
 
 
 # --- checks and method configs (parent, before any heavy work) -------------------------------

@@ -42,7 +42,6 @@ import logging
 import math
 import multiprocessing
 import os
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -63,7 +62,6 @@ from experiments.figures._common import markdown_table
 from metrics import exact_knn
 from nebench.datasets import check_data, load_dataset
 from nebench.errors import InputError
-from nebench.io import atomic_open
 from nebench.results import code_version, timestamp
 from nebench.runner import _reset_peak_rss, measure_peak_rss_gb
 
@@ -443,17 +441,7 @@ def _n_jobs(value: Any) -> int:
 @hydra.main(config_path="../conf", config_name="knn_bench", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     """Hydra entry point: run the benchmark, print the table and write it to ``cfg.output``."""
-    try:
-        report = run_knn_benchmark(cfg)
-    except InputError as exc:
-        log.error("kNN benchmark not run: %s", exc)
-        sys.exit(1)
-    text = report.markdown()
-    with atomic_open(cfg.output, "w") as f:
-        f.write(text)
-    print(text)  # the benchmark's product, on stdout
-    log.info("table written to %s", cfg.output)
-
+    bench.report(run_knn_benchmark, cfg, "kNN benchmark")
 
 if __name__ == "__main__":
     main()

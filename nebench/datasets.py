@@ -113,21 +113,30 @@ def _vectors(
     path: str,
     column: str = "embedding",
     label_column: str | None = None,
+    image_shape: list[int] | None = None,
 ) -> Dataset:
-    """Bring-your-own vectors: ``.npy`` (memory-mapped), ``.npz`` or ``.parquet``."""
+    """Bring-your-own vectors: ``.npy`` (memory-mapped), ``.npz`` or ``.parquet``; rows that
+    are flattened images carry their ``image_shape`` ([H, W] or [H, W, C], for image methods)."""
     p = files.resolve(path, data_dir)
     files.require_file(p, "path")
     suffix = p.suffix.lower()
     if suffix == ".npy":
-        return files.read_npy(p, name)
-    if suffix == ".npz":
-        return files.read_npz(p, name)
-    if suffix == ".parquet":
-        return files.read_parquet(p, name, column, label_column)
-    raise InputError(
-        f"dataset.path={p} has an unknown file type {p.suffix!r}: give a .npy, .npz or "
-        f".parquet file ({files.DOCS})"
-    )
+        ds = files.read_npy(p, name)
+    elif suffix == ".npz":
+        ds = files.read_npz(p, name)
+    elif suffix == ".parquet":
+        ds = files.read_parquet(p, name, column, label_column)
+    else:
+        raise InputError(
+            f"dataset.path={p} has an unknown file type {p.suffix!r}: give a .npy, .npz or "
+            f".parquet file ({files.DOCS})"
+        )
+    if image_shape is not None:
+        if int(np.prod(image_shape)) != ds.X.shape[1]:
+            raise InputError(f"dataset.image_shape={list(image_shape)} holds {int(np.prod(image_shape))} "
+                             f"values but the rows of {p.name} have {ds.X.shape[1]}: fix the shape")
+        ds.image_shape = tuple(image_shape)
+    return ds
 
 
 #: loader name (the ``loader`` key of a dataset config) -> function; its keyword-only

@@ -249,6 +249,14 @@ def test_vectors_npz(tmp_path):
     assert ds.n_train == np.count_nonzero(ds.X[:, 0] < 18)
 
 
+def test_vectors_of_images_carry_their_shape(tmp_path):
+    np.save(tmp_path / "img.npy", np.zeros((4, 2 * 3 * 3), dtype=np.uint8))
+    cfg = {"loader": "vectors", "path": "img.npy", "image_shape": [2, 3, 3]}
+    assert load_dataset(cfg, tmp_path).image_shape == (2, 3, 3)
+    with pytest.raises(InputError, match=r"image_shape=\[4, 4\] holds 16 values .* have 18"):
+        load_dataset({**cfg, "image_shape": [4, 4]}, tmp_path)
+
+
 def test_vectors_parquet(tmp_path):
     import pandas as pd
 
