@@ -26,7 +26,7 @@ import torch
 
 log = logging.getLogger(__name__)
 
-_INDEX_VERSION = 1
+_INDEX_VERSION = 2
 
 
 @dataclass
@@ -55,10 +55,13 @@ def _chunks(n: int, size: int):
         yield lo, min(n, lo + size)
 
 
-def _sq_dists(a: torch.Tensor, b: torch.Tensor, b_sq: torch.Tensor) -> torch.Tensor:
-    """||a - b||^2 for all pairs, via ||a||^2 - 2 a.b + ||b||^2 (clamped at 0)."""
-    d = (a * a).sum(1, keepdim=True) - 2.0 * (a @ b.T) + b_sq[None, :]
-    return d.clamp_(min=0.0)
+def _rank_dists(a: torch.Tensor, b: torch.Tensor, b_sq: torch.Tensor) -> torch.Tensor:
+    """||b||^2 - 2 a.b for all pairs: ||a - b||^2 less the per-row constant ||a||^2.
+
+    It ranks the b's for each a exactly as the squared distance does, in one fused matrix
+    product (no (len(a), len(b)) temporaries); add ||a||^2 back to the few values kept.
+    """
+    return torch.addmm(b_sq[None, :], a, b.T, alpha=-2.0)
 
 
 def assign(X: np.ndarray, centroids: torch.Tensor, chunk: int = 65536) -> np.ndarray:
@@ -67,7 +70,7 @@ def assign(X: np.ndarray, centroids: torch.Tensor, chunk: int = 65536) -> np.nda
     out = np.empty(len(X), dtype=np.int64)
     for lo, hi in _chunks(len(X), chunk):
         xb = torch.as_tensor(np.asarray(X[lo:hi], dtype=np.float32))
-        out[lo:hi] = _sq_dists(xb, centroids, c_sq).argmin(1).numpy()
+        out[lo:hi] = _rank_dists(xb, centroids, c_sq).argmin(1).numpy()
     return out
 
 
@@ -109,8 +112,8 @@ def kmeans(
         labels = torch.empty(len(X), dtype=torch.long)
         best = torch.empty(len(X))
         for lo, hi in _chunks(len(X), 65536):
-            d = _sq_dists(X[lo:hi], C, c_sq)
-            best[lo:hi], labels[lo:hi] = d.min(1)
+            d, labels[lo:hi] = _rank_dists(X[lo:hi], C, c_sq).min(1)
+            best[lo:hi] = d + (X[lo:hi] * X[lo:hi]).sum(1)
         counts = torch.bincount(labels, minlength=n_clusters)
         sums = torch.zeros_like(C).index_add_(0, labels, X)
         new = sums / counts.clamp(min=1)[:, None].float()
@@ -153,8 +156,8 @@ def probe_lists(X: np.ndarray, labels: np.ndarray, n_probe: int) -> list[np.ndar
     for lo, hi in _chunks(len(X), 1 << 16):
         np.add.at(sums, labels[lo:hi], np.asarray(X[lo:hi], dtype=np.float64))
     centroids = torch.as_tensor(sums / np.bincount(labels, minlength=C)[:, None], dtype=torch.float32)
-    d = _sq_dists(centroids, centroids, (centroids * centroids).sum(1))
-    d.fill_diagonal_(-1.0)  # a cell probes itself first
+    d = _rank_dists(centroids, centroids, (centroids * centroids).sum(1))
+    d.fill_diagonal_(-float("inf"))  # a cell probes itself first
     return list(torch.topk(d, min(n_probe, C), largest=False).indices.numpy())
 
 
@@ -185,22 +188,24 @@ def cell_knn(
         kk = min(k, len(cand) - 1)
         if kk < k:
             small += 1
+        if kk == 0:  # a cell of one point is its own (only) neighbour
+            nbrs[rows], dists[rows] = rows[:, None], 0.0
+            continue
         c_sq = (Xc * Xc).sum(1)
         for lo, hi in _chunks(len(rows), chunk):
             if metric == "inner_product":
                 d = -(Xc[lo:hi] @ Xc.T)
             else:
-                d = _sq_dists(Xc[lo:hi], Xc, c_sq)
+                d = _rank_dists(Xc[lo:hi], Xc, c_sq)
             d[torch.arange(hi - lo), torch.arange(lo, hi)] = float("inf")  # self excluded by index
-            if kk > 0:
-                val, idx = torch.topk(d, kk, dim=1, largest=False, sorted=True)
-            else:  # a cell of one point is its own (only) neighbour
-                val, idx = torch.zeros(hi - lo, 1), torch.arange(lo, hi)[:, None]
+            val, idx = torch.topk(d, kk, dim=1, largest=False, sorted=True)
             if idx.shape[1] < k:
                 reps = -(-k // idx.shape[1])
                 idx, val = idx.repeat(1, reps)[:, :k], val.repeat(1, reps)[:, :k]
             nbrs[rows[lo:hi]] = cand[idx.numpy()]
-            dists[rows[lo:hi]] = val.numpy() if metric == "inner_product" else val.sqrt().numpy()
+            if metric == "euclidean":
+                val = (val + c_sq[lo:hi, None]).clamp_(min=0.0).sqrt_()
+            dists[rows[lo:hi]] = val.numpy()
     if small:
         log.warning("%d cells have at most k=%d candidates; their neighbour lists repeat entries", small, k)
     return nbrs, dists
