@@ -48,9 +48,10 @@ def _noise_term(q, c, loss_kind, alpha, inv_sum, nu, log_nu, with_value):
 
 
 def _batch_forces(Y, heads, pos, p, noise, c_noise, mu, c_mu, exclude_cell, rho,
-                 loss_kind, kernel_kind, alpha, nu, a, b, grad, with_value, n_threads):
+                 loss_kind, kernel_kind, alpha, nu, a, b, grad, with_value, n_threads, push_noise=True):
     """Add the batch gradient to ``grad`` (n, 2); return per-head losses (when
-    ``with_value``; zeros otherwise, saving two logs per pair) and dL/dlog(nu)."""
+    ``with_value``; zeros otherwise, saving two logs per pair) and dL/dlog(nu).
+    ``push_noise=False`` leaves the noise points' own forces out (umap-learn's sampler)."""
     B, K = pos.shape
     S = noise.shape[1]
     C = mu.shape[0]
@@ -143,7 +144,7 @@ def _batch_forces(Y, heads, pos, p, noise, c_noise, mu, c_mu, exclude_cell, rho,
                 if lo <= o < hi:
                     grad[o, 0] -= f_pos[h, j, 0]
                     grad[o, 1] -= f_pos[h, j, 1]
-            for s in range(S):
+            for s in range(S if push_noise else 0):
                 m = noise[h, s]
                 if lo <= m < hi:
                     grad[m, 0] -= f_noise[h, s, 0]
@@ -259,4 +260,101 @@ def fused_epoch(Y, velocity, nbrs, p, dom_lo, dom_n, n_total, n_noise, S, B, lrs
                     velocity[i, d] = momentum * velocity[i, d] + g
                     g = velocity[i, d]
                 Y[i, d] -= lr * g
+    return first_loss, log_nu
+
+
+def _edge_batch(heads_e, tails_e, take, lo, heads, pos, noise, n, pool, base):
+    """The edges ``take[lo:lo + len(heads)]`` as heads and positives, and m negatives per edge
+    (counter-based, as :func:`_draw`): uniform over all n points or over the batch's tails."""
+    nb, m = noise.shape
+    for e in numba.prange(nb):
+        heads[e] = heads_e[take[lo + e]]
+        pos[e, 0] = tails_e[take[lo + e]]
+    for e in numba.prange(nb):
+        counter = base + np.uint64(e) * np.uint64(m + 1)
+        for s in range(m):
+            r = _uniform_int(counter + np.uint64(s + 1), nb if pool else n)
+            noise[e, s] = tails_e[take[lo + r]] if pool else r
+
+
+edge_batch = numba.njit(parallel=True, cache=True)(_edge_batch)
+edge_batch_serial = numba.njit(cache=True)(_edge_batch)
+
+
+def _sgd_rows(Y, velocity, grad, lr, momentum, clip):
+    """Every row's SGD step (torch's momentum rule), the gradient zeroed for the next step."""
+    for i in numba.prange(Y.shape[0]):
+        for d in range(2):
+            g = grad[i, d]
+            if clip > 0:
+                g = min(max(g, -clip), clip)
+            if momentum > 0:
+                velocity[i, d] = momentum * velocity[i, d] + g
+                g = velocity[i, d]
+            Y[i, d] -= lr * g
+            grad[i, d] = 0.0
+
+
+sgd_rows = numba.njit(parallel=True, cache=True)(_sgd_rows)
+
+
+@numba.njit(cache=True)
+def fused_edge_epoch(Y, velocity, heads_e, tails_e, take, m, B, lrs, momentum, clip, pool,
+                     push_noise, rho, loss_kind, kernel_kind, alpha, log_nu, learn_nu, lr_nu,
+                     a, b, seed, n_threads):
+    """One epoch of edge sampling (:mod:`nomad.edges`) in compiled code.
+
+    Step k takes the edges ``take[kB:(k+1)B]`` (already drawn with probability mu_ij and
+    shuffled): each edge ij is a head i with the single positive j of weight 1 and m
+    negatives of weight 1 (:func:`_edge_batch`). The batch gradient is :func:`batch_forces`
+    with k = 1; the SGD step with momentum follows torch's rule. Without momentum, when a
+    batch touches fewer rows than there are, only those rows move (the others have zero
+    gradient), so a small step costs O(B m), not O(n). Thread-count independent, like
+    :func:`fused_epoch`. Returns the first step's mean loss per edge and the final log(nu).
+    """
+    n = Y.shape[0]
+    grad = np.zeros_like(Y)
+    p = np.ones(1, dtype=np.float32)
+    c_noise = np.ones(B, dtype=np.float32)
+    mu, c_mu = np.zeros((0, 2), dtype=np.float32), np.zeros(0, dtype=np.float32)
+    exclude = np.full(B, -1, dtype=np.int64)
+    first_loss = 0.0
+    for step in range(lrs.shape[0]):
+        lo, hi = step * B, min((step + 1) * B, take.shape[0])
+        nb = hi - lo
+        if nb <= 0:
+            break
+        heads = np.empty(nb, dtype=np.int64)
+        pos = np.empty((nb, 1), dtype=np.int64)
+        noise = np.empty((nb, m), dtype=np.int64)
+        base = _mix(np.uint64(seed) * np.uint64(1_000_003) + np.uint64(step)) * np.uint64(1 << 20)
+        parallel = nb * (1 + m) >= PARALLEL_MIN_PAIRS
+        if parallel:
+            edge_batch(heads_e, tails_e, take, lo, heads, pos, noise, n, pool, base)
+        else:
+            edge_batch_serial(heads_e, tails_e, take, lo, heads, pos, noise, n, pool, base)
+        nu = np.exp(log_nu)
+        args = (Y, heads, pos, p, noise, c_noise[:nb], mu, c_mu, exclude[:nb], rho, loss_kind,
+                kernel_kind, alpha, nu, a, b, grad, step == 0)
+        if parallel:
+            value, d_lognu = batch_forces(*args, n_threads, push_noise)
+        else:
+            value, d_lognu = batch_forces_serial(*args, 1, push_noise)
+        if step == 0:
+            first_loss = value.sum() / nb
+        if learn_nu:
+            log_nu -= lr_nu * d_lognu.sum()
+        lr = lrs[step]
+        if momentum > 0 or nb * (2 + m) >= n:
+            sgd_rows(Y, velocity, grad, lr, momentum, clip)
+        else:  # only touched rows have a gradient; each is applied once, then zeroed
+            for e in range(nb):
+                for which in range(2 + (m if push_noise else 0)):
+                    i = heads[e] if which == 0 else pos[e, 0] if which == 1 else noise[e, which - 2]
+                    for d in range(2):
+                        g = grad[i, d]
+                        if clip > 0:
+                            g = min(max(g, -clip), clip)
+                        Y[i, d] -= lr * g
+                        grad[i, d] = 0.0
     return first_loss, log_nu

@@ -67,12 +67,15 @@ def edge_graph(neighbors: np.ndarray, distances: np.ndarray, kind: str, seed: in
 
 
 class EdgeTrainer(_ShardTrainer):
-    """The engine's SGD on free positions, one device, with edge sampling (torch ops)."""
+    """The engine's SGD on free positions, one device, with edge sampling: torch ops, or on
+    the CPU the compiled epoch of :func:`nomad.cpu_kernel.fused_edge_epoch` (the same
+    updates; its noise comes from a counter-based stream instead of torch's). The loss logs
+    and the eq. 18 correction use the torch ops."""
 
     def __init__(self, shard: Shard, spec: TrainSpec, comm: Comm, graph: EdgeGraph, *,
                  push_noise: bool, correct_repulsion: bool, loss_log_every: int, loss_log_pairs: int):
         super().__init__(shard, spec, comm)
-        self.fused = False
+        self.fused = self.fused and loss_log_every == 0 and not correct_repulsion
         self.graph = graph
         self.m = int(spec.n_noise)
         self.push_noise = push_noise
@@ -86,13 +89,16 @@ class EdgeTrainer(_ShardTrainer):
             self.r = r.clamp(0.0, 1.0)
         self._one = torch.ones(1, 1, device=self.dev)
 
+    def _negatives(self, h, t):
+        """(len(h), m) negatives: uniform over all points, or over the batch's tails."""
+        if self.spec.noise == "batch_neighbors":
+            return t[torch.randint(len(t), (len(h), self.m), generator=self.gen, device=self.dev)]
+        return torch.randint(self.n_local, (len(h), self.m), generator=self.gen, device=self.dev)
+
     def _forces(self, h, t, rho, grad, record):
         """Add the batch's gradient to ``grad``; return its loss summed over the edges."""
         loss_fn, Y, m = self.spec.loss, self.Y.data, self.m
-        if self.spec.noise == "batch_neighbors":
-            noise = t[torch.randint(len(t), (len(h), m), generator=self.gen, device=self.dev)]
-        else:
-            noise = torch.randint(self.n_local, (len(h), m), generator=self.gen, device=self.dev)
+        noise = self._negatives(h, t)
         if record is not None:
             record["noise"].append((h[:, None].expand(-1, m).reshape(-1), noise.reshape(-1)))
         diff_p = (Y[h] - Y[t])[:, None]
@@ -100,7 +106,7 @@ class EdgeTrainer(_ShardTrainer):
         d2_p, d2_n = (diff_p * diff_p).sum(-1), (diff_n * diff_n).sum(-1)
         q_pos, q_noise = loss_fn.kernel(d2_p), loss_fn.kernel(d2_n)
         c = torch.ones_like(q_noise)
-        value = float(loss_fn(q_pos, self._one, q_noise, c, rho).sum())
+        value = float(loss_fn(q_pos, self._one, q_noise, c, rho).detach().sum())
         g_pos, g_noise, g_params = loss_fn.dq(q_pos, self._one, q_noise, c, rho)
         f_p = (2.0 * g_pos * loss_fn.kernel_grad(d2_p, q_pos))[..., None] * diff_p
         f_n = (2.0 * g_noise * loss_fn.kernel_grad(d2_n, q_noise))[..., None] * diff_n
@@ -135,6 +141,10 @@ class EdgeTrainer(_ShardTrainer):
         B = spec.batch_size
         steps = max(1, math.ceil(len(take) / B))
         scale = 1.0 / B if spec.aggregation == "mean" else 1.0
+        if self.fused:
+            lrs = np.array([spec.learning_rate * scale * _lr_factor(spec, (epoch + k / steps) / spec.n_epochs)
+                            for k in range(steps)])
+            return self._fused_epoch(take.numpy(), lrs, rho, epoch)
         first = math.nan
         for k in range(steps):
             batch = take[k * B:(k + 1) * B]
@@ -147,6 +157,28 @@ class EdgeTrainer(_ShardTrainer):
             self._sgd(grad, g_params, spec.learning_rate * scale
                       * _lr_factor(spec, (epoch + k / steps) / spec.n_epochs))
         return first
+
+    def _fused_epoch(self, take: np.ndarray, lrs: np.ndarray, rho: float, epoch: int) -> float:
+        """The epoch in the compiled loop (:func:`nomad.cpu_kernel.fused_edge_epoch`)."""
+        import numba
+
+        from .cpu_kernel import fused_edge_epoch
+
+        spec, loss_fn = self.spec, self.spec.loss
+        if not hasattr(self, "_velocity"):
+            self._velocity = np.zeros_like(self.Y.data.numpy())
+            self._ends = self.graph.heads.numpy(), self.graph.tails.numpy()
+        loss_kind, kernel_kind, alpha, nu, a, b = loss_fn.fused()
+        learn_nu = isinstance(getattr(loss_fn, "log_z", None), torch.nn.Parameter)
+        value, log_nu = fused_edge_epoch(
+            self.Y.data.numpy(), self._velocity, *self._ends, take, self.m, spec.batch_size, lrs,
+            float(spec.momentum), float(spec.clip_grad or 0.0), spec.noise == "batch_neighbors",
+            self.push_noise, float(rho), loss_kind, kernel_kind, float(alpha),
+            math.log(nu) if nu > 0 else 0.0, learn_nu, 1e-3, float(a), float(b),
+            (spec.seed * 1_000_003 + epoch) % (2**32), numba.get_num_threads())
+        if learn_nu:
+            loss_fn.log_z.data.fill_(log_nu - math.log(loss_fn.m))
+        return float(value)
 
     def _sgd(self, grad, g_params, lr):
         self.Y.grad = grad

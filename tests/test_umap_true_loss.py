@@ -136,3 +136,53 @@ def test_edge_sampling_trains_and_reproduces(blobs):
 def test_edge_options_are_checked(blobs, cls, params, match):
     with pytest.raises(InputError, match=match):
         cls(n_epochs=2, **params).fit_transform(blobs[0])
+
+
+# -- the compiled edge epoch vs the torch edge steps ----------------------------------------------
+def two_edge_trainer(loss_name: str, backend: str, momentum: float, push_noise: bool):
+    """Four points, edges 0->1 and 2->3: one edge per step (two steps an epoch), m = 1."""
+    from nomad.affinities import p_ji
+    from nomad.edges import EdgeGraph, EdgeTrainer
+    from nomad.optimize import Comm, Shard, TrainSpec
+    from test_nomad_losses import GRAD_LOSSES
+
+    Y0 = np.array([[0.0, 0.0], [0.7, 0.2], [2.0, -1.0], [2.5, -0.4]], dtype=np.float32)
+    shard = Shard(rank=0, rows=np.arange(4), Y0=Y0, neighbors=np.array([[1], [0], [3], [2]]),
+                  cell=np.zeros(4, dtype=np.int64), cell_sizes=np.array([4]),
+                  cell_rank=np.zeros(1, dtype=np.int64), n_total=4)
+    spec = TrainSpec(loss=GRAD_LOSSES[loss_name](4), p=p_ji(1), n_epochs=2, learning_rate=0.3,
+                     batch_size=1, n_noise=1.0, noise_samples=1, approximate="none", aggregation="sum",
+                     momentum=momentum, clip_grad=0.8, backend=backend, seed=0)
+    graph = EdgeGraph(heads=torch.tensor([0, 2]), tails=torch.tensor([1, 3]), mu=torch.ones(2))
+    return EdgeTrainer(shard, spec, Comm(), graph, push_noise=push_noise, correct_repulsion=False,
+                       loss_log_every=0, loss_log_pairs=10)
+
+
+@pytest.mark.parametrize("momentum, push_noise", [(0.0, True), (0.5, True), (0.0, False)])
+@pytest.mark.parametrize("loss_name", ["infonce", "negtsne", "nce", "umap"])
+def test_fused_edge_epoch_is_one_of_the_torch_step_sequences(loss_name, momentum, push_noise):
+    """Both backends walk the same shuffled edges (one torch generator, one seed); the compiled
+    epoch draws its own negatives, so run the torch steps with every possible pair of
+    negatives and require the compiled epoch's result to be one of them (the lr schedule,
+    momentum or the sparse update without it, clipping, push_noise, NCE's log Z)."""
+    fused = two_edge_trainer(loss_name, "fused", momentum, push_noise)
+    assert fused.fused
+    value = fused._epoch(0, 1.3, None)
+    Y_fused = fused.Y.detach().numpy().copy()
+    matches = []  # torch runs that end where the compiled epoch did (clipping can tie several)
+    for first in range(4):
+        for second in range(4):
+            tr = two_edge_trainer(loss_name, "torch", momentum, push_noise)
+            assert not tr.fused
+            draws = iter([first, second])
+            tr._negatives = lambda h, t, draws=draws: torch.tensor([[next(draws)]])
+            v = tr._epoch(0, 1.3, None)
+            if np.abs(tr.Y.detach().numpy() - Y_fused).max() < 1e-5:
+                matches.append((v, tr))
+    assert matches
+    v, tr = min(matches, key=lambda m: abs(m[0] - value))
+    assert value == pytest.approx(v, rel=1e-5)
+    if loss_name == "nce":
+        log_z = float(tr.spec.loss.log_z.detach())
+        assert float(fused.spec.loss.log_z.detach()) == pytest.approx(log_z, abs=1e-7)
+        assert log_z != 0.0
