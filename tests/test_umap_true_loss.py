@@ -141,10 +141,11 @@ def test_edge_options_are_checked(blobs, cls, params, match):
 # -- the compiled edge epoch vs the torch edge steps ----------------------------------------------
 def two_edge_trainer(loss_name: str, backend: str, momentum: float, push_noise: bool):
     """Four points, edges 0->1 and 2->3: one edge per step (two steps an epoch), m = 1."""
+    from test_nomad_losses import GRAD_LOSSES
+
     from nomad.affinities import p_ji
     from nomad.edges import EdgeGraph, EdgeTrainer
     from nomad.optimize import Comm, Shard, TrainSpec
-    from test_nomad_losses import GRAD_LOSSES
 
     Y0 = np.array([[0.0, 0.0], [0.7, 0.2], [2.0, -1.0], [2.5, -0.4]], dtype=np.float32)
     shard = Shard(rank=0, rows=np.arange(4), Y0=Y0, neighbors=np.array([[1], [0], [3], [2]]),
