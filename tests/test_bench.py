@@ -199,3 +199,24 @@ def test_command_line_prints_and_writes_the_table(tmp_path: Path) -> None:
     assert "digits: n=1,797, 64 dims" in text and "pca" in text
     assert "time / opentsne" not in text and "failed" not in text
     assert not list((tmp_path / "cache").glob("bench-*"))  # scratch files removed
+
+
+def test_cne_match_gives_our_methods_the_settings_cne_runs_with():
+    """``--config-name cne_match``: our InfoNC-t-SNE and Neg-t-SNE get the values cne's adapter
+    runs with (graph, batch, negatives, epochs, lr, aggregation, clipping, start), and the cne
+    rows run the same loss and spectrum point as ours."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("cne_match", overrides=["dataset=digits"])
+        cne = {name: compose("config", overrides=[f"method={name}"]).method for name in ("cne", "cne_neg")}
+        neg = compose("config", overrides=["method=neg_tsne"]).method
+    assert list(cfg.methods) == ["infonc_tsne", "cne", "neg_tsne", "cne_neg"]
+    for ours, theirs in (("infonc_tsne", "cne"), ("neg_tsne", "cne_neg")):
+        o, t = cfg.method_overrides[ours], cne[theirs]
+        assert o.sampling == "edges" and o.graph == "binary" and o.noise == "batch_neighbors"
+        assert (o.n_neighbors, o.n_noise, o.n_epochs, o.batch_size) == (
+            t.n_neighbors, t.negative_samples, t.n_epochs, t.batch_size)
+        assert o.learning_rate == 1.0 and t.learning_rate == "auto"  # cne's auto: 1.0 non-parametric
+        assert o.aggregation == t.loss_aggregation and o.init_scale == t.init_scale
+        assert o.clip_grad == 4 and t.clip_grad is True  # cne clips each coordinate at 4
+        assert cfg.method_overrides[theirs].early_exaggeration is False
+    assert cne["cne_neg"].loss_mode == "neg" and cne["cne_neg"].s == neg.s
