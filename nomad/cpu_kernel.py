@@ -209,6 +209,24 @@ draw = numba.njit(parallel=True, cache=True)(_draw)
 draw_serial = numba.njit(cache=True)(_draw)
 
 
+def _sgd_rows(Y, velocity, grad, lr, momentum, clip):
+    """Every row's SGD step (torch's momentum rule), the gradient zeroed for the next step."""
+    for i in numba.prange(Y.shape[0]):
+        for d in range(2):
+            g = grad[i, d]
+            if clip > 0:
+                g = min(max(g, -clip), clip)
+            if momentum > 0:
+                velocity[i, d] = momentum * velocity[i, d] + g
+                g = velocity[i, d]
+            Y[i, d] -= lr * g
+            grad[i, d] = 0.0
+
+
+sgd_rows = numba.njit(parallel=True, cache=True)(_sgd_rows)
+sgd_rows_serial = numba.njit(cache=True)(_sgd_rows)
+
+
 @numba.njit(cache=True)
 def fused_epoch(Y, velocity, nbrs, p, dom_lo, dom_n, n_total, n_noise, S, B, lrs, momentum, clip,
                 mu, c_mu, head_cell, exclude_own, pool, rho, loss_kind, kernel_kind, alpha, log_nu,
@@ -238,7 +256,6 @@ def fused_epoch(Y, velocity, nbrs, p, dom_lo, dom_n, n_total, n_noise, S, B, lrs
             draw(*draw_args)
         else:
             draw_serial(*draw_args)
-        grad[:] = 0.0
         nu = np.exp(log_nu)
         args = (Y, heads, nbrs[heads], p, noise, c_noise, mu, c_mu, exclude, rho, loss_kind,
                 kernel_kind, alpha, nu, a, b, grad, step == 0)
@@ -250,16 +267,10 @@ def fused_epoch(Y, velocity, nbrs, p, dom_lo, dom_n, n_total, n_noise, S, B, lrs
             first_loss = value.sum() / B
         if learn_nu:
             log_nu -= lr_nu * d_lognu.sum()
-        lr = lrs[step]
-        for i in range(n_local):
-            for d in range(2):
-                g = grad[i, d]
-                if clip > 0:
-                    g = min(max(g, -clip), clip)
-                if momentum > 0:
-                    velocity[i, d] = momentum * velocity[i, d] + g
-                    g = velocity[i, d]
-                Y[i, d] -= lr * g
+        if parallel:
+            sgd_rows(Y, velocity, grad, lrs[step], momentum, clip)
+        else:
+            sgd_rows_serial(Y, velocity, grad, lrs[step], momentum, clip)
     return first_loss, log_nu
 
 
@@ -281,21 +292,6 @@ edge_batch = numba.njit(parallel=True, cache=True)(_edge_batch)
 edge_batch_serial = numba.njit(cache=True)(_edge_batch)
 
 
-def _sgd_rows(Y, velocity, grad, lr, momentum, clip):
-    """Every row's SGD step (torch's momentum rule), the gradient zeroed for the next step."""
-    for i in numba.prange(Y.shape[0]):
-        for d in range(2):
-            g = grad[i, d]
-            if clip > 0:
-                g = min(max(g, -clip), clip)
-            if momentum > 0:
-                velocity[i, d] = momentum * velocity[i, d] + g
-                g = velocity[i, d]
-            Y[i, d] -= lr * g
-            grad[i, d] = 0.0
-
-
-sgd_rows = numba.njit(parallel=True, cache=True)(_sgd_rows)
 
 
 @numba.njit(cache=True)
@@ -346,7 +342,10 @@ def fused_edge_epoch(Y, velocity, heads_e, tails_e, take, m, B, lrs, momentum, c
             log_nu -= lr_nu * d_lognu.sum()
         lr = lrs[step]
         if momentum > 0 or nb * (2 + m) >= n:
-            sgd_rows(Y, velocity, grad, lr, momentum, clip)
+            if parallel:
+                sgd_rows(Y, velocity, grad, lr, momentum, clip)
+            else:
+                sgd_rows_serial(Y, velocity, grad, lr, momentum, clip)
         else:  # only touched rows have a gradient; each is applied once, then zeroed
             for e in range(nb):
                 for which in range(2 + (m if push_noise else 0)):
