@@ -136,12 +136,16 @@ def run_benchmark(cfg: DictConfig) -> Report:
     return Report(header=header, table=_table(rows))
 
 
-def command(module: str = "experiments.bench") -> str:
-    """The command line (``python -m <module>``) that reproduces this Hydra run: its task
-    overrides and any ``hydra.searchpath`` (where extra method configs live), shell-quoted."""
-    overrides = HydraConfig.get().overrides
+def command(module: str = "experiments.bench", default_config: str = "bench") -> str:
+    """The command line (``python -m <module>``) that reproduces this Hydra run: the config
+    name when it is not the module's ``default_config``, the task overrides and any
+    ``hydra.searchpath`` (where extra method configs live), shell-quoted."""
+    hydra_cfg = HydraConfig.get()
+    overrides = hydra_cfg.overrides
     searchpath = [o for o in overrides.hydra if o.startswith("hydra.searchpath")]
-    return shlex.join(["python", "-m", module, *overrides.task, *searchpath])
+    name = hydra_cfg.job.config_name
+    config = ["--config-name", name] if name and name != default_config else []
+    return shlex.join(["python", "-m", module, *config, *overrides.task, *searchpath])
 
 
 def hardware() -> str:

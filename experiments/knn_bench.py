@@ -314,7 +314,7 @@ def run_knn_benchmark(cfg: DictConfig) -> Report:
     header = [
         f"# kNN indexes on {data.name}: n={n:,}, {projected}, k={k}, seed {cfg.seed}",
         "",
-        f"- command: `{bench.command('experiments.knn_bench')}`",
+        f"- command: `{bench.command('experiments.knn_bench', 'knn_bench')}`",
         f"- hardware: {bench.hardware()}; indexes use {n_jobs} threads",
         f"- code: nebench {code_version()}, {timestamp()}",
         f"- time: wall seconds to the (n, k) neighbour table of all points, {memory}",

@@ -220,3 +220,11 @@ def test_cne_match_gives_our_methods_the_settings_cne_runs_with():
         assert o.clip_grad == 4 and t.clip_grad is True  # cne clips each coordinate at 4
         assert cfg.method_overrides[theirs].early_exaggeration is False
     assert cne["cne_neg"].loss_mode == "neg" and cne["cne_neg"].s == neg.s
+
+
+def test_the_printed_command_names_a_config_other_than_the_default():
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        for name, flag in (("cne_match", "--config-name cne_match "), ("bench", "")):
+            cfg = compose(name, overrides=["dataset=digits"], return_hydra_config=True)
+            HydraConfig.instance().set_config(cfg)
+            assert bench.command() == f"python -m experiments.bench {flag}dataset=digits"
