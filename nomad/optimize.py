@@ -245,7 +245,7 @@ class _ShardTrainer:
         """The same batch gradient from the fused CPU kernel."""
         import numba
 
-        from .cpu_kernel import batch_forces
+        from .cpu_kernel import batch_forces, workspace
 
         loss_fn = self.spec.loss
         loss_kind, kernel_kind, alpha, nu, a, b = loss_fn.fused()
@@ -261,7 +261,8 @@ class _ShardTrainer:
             self.Y.data.numpy(), heads.numpy(), self.nbrs[heads].numpy(), self.p[0].numpy(),
             noise.numpy(), c_noise.numpy(), mu_np, c_mu_np, exclude, float(rho),
             loss_kind, kernel_kind, float(alpha), float(nu), float(a), float(b), grad.numpy(),
-            with_value, numba.get_num_threads())
+            with_value, numba.get_num_threads(), True,
+            workspace(len(heads), self.nbrs.shape[1], noise.shape[1]))
         g_params = {}
         if isinstance(getattr(loss_fn, "log_z", None), torch.nn.Parameter):
             g_params[loss_fn.log_z] = torch.tensor(float(d_lognu.sum()))
