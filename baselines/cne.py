@@ -75,14 +75,21 @@ _SPECTRUM = {
 _ANNOY_TREES = 50  # cne's setting (cne/_cne.py, CNE.fit)
 
 
-def knn_graph(X: np.ndarray, k: int, n_jobs: int) -> sp.csr_matrix:
-    """cne's binary symmetric kNN graph of ``X`` (Annoy, euclidean, 50 trees), as a CSR matrix."""
-    index = AnnoyIndex(X.shape[1], "euclidean")
-    for i, x in enumerate(X):
-        index.add_item(i, x)
-    index.build(_ANNOY_TREES, n_jobs=n_jobs)
-    # the first of the k + 1 results is dropped, as in cne (normally the point itself)
-    neighbors = [index.get_nns_by_item(i, k + 1)[1:] for i in range(len(X))]
+def knn_graph(X: np.ndarray, k: int, n_jobs: int, knn: str = "annoy") -> sp.csr_matrix:
+    """cne's binary symmetric kNN graph of ``X``, as a CSR matrix: neighbours from Annoy
+    (``"annoy"``: euclidean, 50 trees, cne's own search) or exact (``"exact"``:
+    :func:`metrics.exact_knn`, the neighbours the engine finds when it probes every cell)."""
+    if knn == "exact":
+        from metrics.exact_knn import exact_knn
+
+        neighbors = list(exact_knn(X, np.arange(len(X)), k))
+    else:
+        index = AnnoyIndex(X.shape[1], "euclidean")
+        for i, x in enumerate(X):
+            index.add_item(i, x)
+        index.build(_ANNOY_TREES, n_jobs=n_jobs)
+        # the first of the k + 1 results is dropped, as in cne (normally the point itself)
+        neighbors = [index.get_nns_by_item(i, k + 1)[1:] for i in range(len(X))]
     rows = np.repeat(np.arange(len(X)), [len(nbrs) for nbrs in neighbors])
     cols = np.concatenate(neighbors)
     A = sp.csr_matrix((np.ones(len(cols)), (rows, cols)), shape=(len(X), len(X)))
@@ -116,10 +123,12 @@ class CNE(EmbeddingMethod):
         loss_aggregation: str = "sum",
         clip_grad: bool = True,
         init_scale: float = 1e-4,
+        knn: str = "annoy",
         random_state: int = 0,
         n_jobs: int = -1,
     ) -> None:
         self.loss_mode = loss_mode
+        self.knn = knn
         self.parametric = parametric
         self.n_neighbors = n_neighbors
         self.n_epochs = n_epochs
@@ -141,6 +150,7 @@ class CNE(EmbeddingMethod):
         for name, allowed in (
             ("loss_mode", _LOSS_MODES),
             ("optimizer", ("sgd", "adam")),
+            ("knn", ("annoy", "exact")),
             ("loss_aggregation", ("sum", "mean")),
         ):
             if getattr(self, name) not in allowed:
@@ -198,7 +208,7 @@ class CNE(EmbeddingMethod):
         self.timings_ = {}
 
         with self._phase("knn"):
-            graph = knn_graph(X, self.n_neighbors, n_jobs)
+            graph = knn_graph(X, self.n_neighbors, n_jobs, self.knn)
 
         printed = io.StringIO()  # cne prints its warnings; they go to the log instead
         with (

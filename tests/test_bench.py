@@ -219,6 +219,7 @@ def test_cne_match_gives_our_methods_the_settings_cne_runs_with():
         assert o.aggregation == t.loss_aggregation and o.init_scale == t.init_scale
         assert o.clip_grad == 4 and t.clip_grad is True  # cne clips each coordinate at 4
         assert cfg.method_overrides[theirs].early_exaggeration is False
+        assert cfg.method_overrides[theirs].knn == "exact" and o.n_probe >= 64  # one graph
     assert cne["cne_neg"].loss_mode == "neg" and cne["cne_neg"].s == neg.s
 
 

@@ -167,6 +167,21 @@ def test_cne_graph_and_embedding_match_cne(digits) -> None:
     np.testing.assert_allclose(ours, ref, rtol=0, atol=1e-4)
 
 
+def test_cne_exact_graph_is_the_engines_graph_with_every_cell_probed() -> None:
+    """``knn="exact"`` (conf/cne_match.yaml) gives cne the binary graph our edge sampler walks
+    when the cell index probes every cell: the same kNN graph on both sides."""
+    from nomad.edges import edge_graph
+    from nomad.index import build_index
+
+    X = np.random.default_rng(0).standard_normal((600, 10)).astype(np.float32)  # no distance ties
+    index, _ = build_index(X, 15, n_cells=4, n_probe=4)
+    ours = edge_graph(index.neighbors, index.distances, "binary", seed=0)
+    theirs = cne_adapter().knn_graph(X, 15, n_jobs=1, knn="exact").tocoo()
+    assert sorted(zip(ours.heads.tolist(), ours.tails.tolist())) == sorted(zip(theirs.row, theirs.col))
+    with pytest.raises(InputError, match="knn"):
+        cne_adapter().CNE(knn="hnsw").fit_transform(X)
+
+
 def test_cne_seed_reproduces(digits) -> None:
     cls = cne_adapter().CNE
     X = digits[0]
