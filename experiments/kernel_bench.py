@@ -61,7 +61,7 @@ def main() -> None:
     print("| loop | n | seconds per epoch |\n|---|---|---|")
     for n in args.n:
         for name, run in (("heads", heads_epoch), ("edges", edges_epoch)):
-            print(f"| {name} | {n:,} | {run(n, args.repeats):.2f} |", flush=True)
+            print(f"| {name} | {n:,} | {run(n, args.repeats):.3g} |", flush=True)
 
 
 if __name__ == "__main__":

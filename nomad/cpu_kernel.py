@@ -277,10 +277,8 @@ def fused_epoch(Y, velocity, nbrs, p, dom_lo, dom_n, n_total, n_noise, S, B, lrs
             first_loss = value.sum() / B
         if learn_nu:
             log_nu -= lr_nu * d_lognu.sum()
-        if parallel:
-            sgd_rows(Y, velocity, grad, lrs[step], momentum, clip)
-        else:
-            sgd_rows_serial(Y, velocity, grad, lrs[step], momentum, clip)
+        # serial: one parallel region a step (the forces) keeps multi-process runs' thread pools calm
+        sgd_rows_serial(Y, velocity, grad, lrs[step], momentum, clip)
     return first_loss, log_nu
 
 
