@@ -47,96 +47,145 @@ def _noise_term(q, c, loss_kind, alpha, inv_sum, nu, log_nu, with_value):
     return c / one_minus_q, value, 0.0
 
 
+@numba.njit(inline="always", fastmath=True)
+def _noise_kernels(yi0, yi1, yn, qn, kernel_kind, a, b):
+    """q(y_i, y_m) of one head against its group's noise positions ``yn`` into ``qn``; returns
+    their sum. The Cauchy kernel gets a float32 loop without branches, which LLVM vectorizes
+    (3x faster than the general loop, where the kernel choice stays inside)."""
+    total = np.float32(0.0)
+    if kernel_kind == 0:
+        one = np.float32(1.0)
+        for s in range(qn.shape[0]):
+            dx, dy = yi0 - yn[s, 0], yi1 - yn[s, 1]
+            qn[s] = one / (one + dx * dx + dy * dy)
+            total += qn[s]
+    else:
+        for s in range(qn.shape[0]):
+            dx, dy = yi0 - yn[s, 0], yi1 - yn[s, 1]
+            qn[s] = _kernel(dx * dx + dy * dy, kernel_kind, a, b)
+            total += qn[s]
+    return total
+
+
+@numba.njit(inline="always", fastmath=True)
+def _infonce_cauchy_noise_forces(yi0, yi1, yn, qn, fn, w0):
+    """InfoNCE under the Cauchy kernel: every noise column has dL/dq = alpha c inv_sum and
+    dq/dd^2 = -q^2, so its force weight is w0 q^2 with w0 = -2 alpha c inv_sum. Adds each
+    force to ``fn`` and returns their sum (the head's share): the same as the general loop,
+    vectorized."""
+    w0 = np.float32(w0)
+    fx, fy = np.float32(0.0), np.float32(0.0)
+    for s in range(qn.shape[0]):
+        dx, dy = yi0 - yn[s, 0], yi1 - yn[s, 1]
+        w = w0 * qn[s] * qn[s]
+        fn[s, 0] += w * dx
+        fn[s, 1] += w * dy
+        fx += w * dx
+        fy += w * dy
+    return fx, fy
+
+
 @numba.njit(cache=True)
-def workspace(B, K, S):
-    """Scratch arrays of :func:`batch_forces` for batches of up to B heads: the forces on the
-    positives (B, K, 2) and noise points (B, S, 2) and the noise kernels (B, S). Allocated once
-    per epoch: fresh ones every step cost page faults that, at 10^5 heads a step, took 40% of
-    the time."""
-    return (np.empty((B, K, 2), dtype=np.float32), np.empty((B, S, 2), dtype=np.float32),
-            np.empty((B, S), dtype=np.float32))
+def workspace(B, K, S, G=1):
+    """Scratch arrays of :func:`batch_forces` for batches of up to B heads in groups of G:
+    the forces on the positives (B, K, 2), the noise points' positions and summed forces
+    (ceil(B/G), S, 2) each, and one head's noise kernels per group (ceil(B/G), S). Allocated
+    once per epoch: fresh ones every step cost page faults that, at 10^5 heads a step, took
+    40% of the time."""
+    Bg = -(-B // G)
+    return (np.empty((B, K, 2), dtype=np.float32), np.empty((Bg, S, 2), dtype=np.float32),
+            np.empty((Bg, S, 2), dtype=np.float32), np.empty((Bg, S), dtype=np.float32))
 
 
 def _batch_forces(Y, heads, pos, p, noise, c_noise, mu, c_mu, exclude_cell, rho,
                  loss_kind, kernel_kind, alpha, nu, a, b, grad, with_value, n_threads, push_noise, work):
     """Add the batch gradient to ``grad`` (n, 2); return per-head losses (when
     ``with_value``; zeros otherwise, saving two logs per pair) and dL/dlog(nu).
-    ``push_noise=False`` leaves the noise points' own forces out (umap-learn's sampler);
-    ``work`` is a :func:`workspace` for at least this batch."""
+
+    ``noise`` (ceil(B/G), S): heads ``gG .. gG + G - 1`` share the draw ``noise[g]`` (each
+    head's noise estimate stays unbiased; the group's forces on a noise point are summed
+    before they are scattered). ``push_noise=False`` leaves the noise points' own forces
+    out (umap-learn's sampler); ``work`` is a :func:`workspace` for at least this batch."""
     B, K = pos.shape
-    S = noise.shape[1]
+    Bg, S = noise.shape
+    G = -(-B // Bg)
     C = mu.shape[0]
     f_head = np.zeros((B, 2), dtype=np.float32)
-    f_pos, f_noise, q_noise = work[0][:B], work[1][:B], work[2][:B]
+    f_pos, y_noise, f_noise, q_noise = work[0][:B], work[1][:Bg], work[2][:Bg], work[3][:Bg]
     value = np.zeros(B, dtype=np.float64)
     d_lognu = np.zeros(B, dtype=np.float64)
     log_nu = np.log(nu) if nu > 0 else 0.0
-    for h in numba.prange(B):
-        i = heads[h]
-        yi0, yi1 = Y[i, 0], Y[i, 1]
-        qn = q_noise[h]
-        z = 0.0  # sum_s c_s q_s (+ cell means): InfoNCE's noise mass
-        for s in range(S):  # f_noise holds (y_i - y_m) until the forces replace it
-            m = noise[h, s]
-            dx, dy = yi0 - Y[m, 0], yi1 - Y[m, 1]
-            f_noise[h, s, 0], f_noise[h, s, 1] = dx, dy
-            qn[s] = _kernel(dx * dx + dy * dy, kernel_kind, a, b)
-            z += c_noise[h] * qn[s]
-        for r in range(C):
-            if r != exclude_cell[h] and c_mu[r] > 0:
-                dx, dy = yi0 - mu[r, 0], yi1 - mu[r, 1]
-                z += c_mu[r] * _kernel(dx * dx + dy * dy, kernel_kind, a, b)
-        hx, hy = 0.0, 0.0
-        inv_sum = 0.0  # sum_j p_j / (q_j + z), InfoNCE's noise gradient factor
-        for j in range(K):
-            o = pos[h, j]
-            dx, dy = yi0 - Y[o, 0], yi1 - Y[o, 1]
-            d2 = dx * dx + dy * dy
-            q = _kernel(d2, kernel_kind, a, b)
-            pj = p[j]
-            if loss_kind == 0:
-                inv = pj / (q + z)
-                inv_sum += inv
-                g = -rho * pj / (q + _EPS) + alpha * inv
-                if with_value:
-                    value[h] += pj * (-rho * np.log(q + _EPS) + alpha * np.log(q + z))
-            elif loss_kind == 1:
-                g = rho * pj * (-1.0 / (q + _EPS) + 1.0 / (q + nu))
-                if with_value:
-                    value[h] += rho * pj * (np.log(q + nu) - np.log(q + _EPS))
-                d_lognu[h] += rho * pj * nu / (q + nu)
-            else:
-                qc = max(q, 1e-4)
-                g = -rho * pj / qc
-                if with_value:
-                    value[h] += -rho * pj * np.log(qc)
-            w = 2.0 * g * _kernel_grad(d2, q, kernel_kind, a, b)
-            f_pos[h, j, 0], f_pos[h, j, 1] = w * dx, w * dy
-            hx += w * dx
-            hy += w * dy
+    for grp in numba.prange(Bg):
+        yn, fn, qn = y_noise[grp], f_noise[grp], q_noise[grp]
         for s in range(S):
-            dx, dy = f_noise[h, s, 0], f_noise[h, s, 1]
-            d2 = dx * dx + dy * dy
-            q = qn[s]
-            g, v, dl = _noise_term(q, c_noise[h], loss_kind, alpha, inv_sum, nu, log_nu, with_value)
-            value[h] += v
-            d_lognu[h] += dl
-            w = 2.0 * g * _kernel_grad(d2, q, kernel_kind, a, b)
-            f_noise[h, s, 0], f_noise[h, s, 1] = w * dx, w * dy
-            hx += w * dx
-            hy += w * dy
-        for r in range(C):
-            if r != exclude_cell[h] and c_mu[r] > 0:
-                dx, dy = yi0 - mu[r, 0], yi1 - mu[r, 1]
+            m = noise[grp, s]
+            yn[s, 0], yn[s, 1] = Y[m, 0], Y[m, 1]
+            fn[s, 0], fn[s, 1] = 0.0, 0.0
+        for h in range(grp * G, min(grp * G + G, B)):
+            i = heads[h]
+            yi0, yi1 = Y[i, 0], Y[i, 1]
+            z = c_noise[h] * _noise_kernels(yi0, yi1, yn, qn, kernel_kind, a, b)  # + cell means
+            for r in range(C):
+                if r != exclude_cell[h] and c_mu[r] > 0:
+                    dx, dy = yi0 - mu[r, 0], yi1 - mu[r, 1]
+                    z += c_mu[r] * _kernel(dx * dx + dy * dy, kernel_kind, a, b)
+            hx, hy = 0.0, 0.0
+            inv_sum = 0.0  # sum_j p_j / (q_j + z), InfoNCE's noise gradient factor
+            for j in range(K):
+                o = pos[h, j]
+                dx, dy = yi0 - Y[o, 0], yi1 - Y[o, 1]
                 d2 = dx * dx + dy * dy
                 q = _kernel(d2, kernel_kind, a, b)
-                g, v, dl = _noise_term(q, c_mu[r], loss_kind, alpha, inv_sum, nu, log_nu, with_value)
+                pj = p[j]
+                if loss_kind == 0:
+                    inv = pj / (q + z)
+                    inv_sum += inv
+                    g = -rho * pj / (q + _EPS) + alpha * inv
+                    if with_value:
+                        value[h] += pj * (-rho * np.log(q + _EPS) + alpha * np.log(q + z))
+                elif loss_kind == 1:
+                    g = rho * pj * (-1.0 / (q + _EPS) + 1.0 / (q + nu))
+                    if with_value:
+                        value[h] += rho * pj * (np.log(q + nu) - np.log(q + _EPS))
+                    d_lognu[h] += rho * pj * nu / (q + nu)
+                else:
+                    qc = max(q, 1e-4)
+                    g = -rho * pj / qc
+                    if with_value:
+                        value[h] += -rho * pj * np.log(qc)
+                w = 2.0 * g * _kernel_grad(d2, q, kernel_kind, a, b)
+                f_pos[h, j, 0], f_pos[h, j, 1] = w * dx, w * dy
+                hx += w * dx
+                hy += w * dy
+            if loss_kind == 0 and kernel_kind == 0:
+                fx, fy = _infonce_cauchy_noise_forces(yi0, yi1, yn, qn, fn,
+                                                      -2.0 * alpha * c_noise[h] * inv_sum)
+                hx += fx
+                hy += fy
+            for s in range(0 if loss_kind == 0 and kernel_kind == 0 else S):
+                dx, dy = yi0 - yn[s, 0], yi1 - yn[s, 1]
+                d2 = dx * dx + dy * dy
+                q = qn[s]
+                g, v, dl = _noise_term(q, c_noise[h], loss_kind, alpha, inv_sum, nu, log_nu, with_value)
                 value[h] += v
                 d_lognu[h] += dl
                 w = 2.0 * g * _kernel_grad(d2, q, kernel_kind, a, b)
+                fn[s, 0] += w * dx
+                fn[s, 1] += w * dy
                 hx += w * dx
                 hy += w * dy
-        f_head[h, 0], f_head[h, 1] = hx, hy
+            for r in range(C):
+                if r != exclude_cell[h] and c_mu[r] > 0:
+                    dx, dy = yi0 - mu[r, 0], yi1 - mu[r, 1]
+                    d2 = dx * dx + dy * dy
+                    q = _kernel(d2, kernel_kind, a, b)
+                    g, v, dl = _noise_term(q, c_mu[r], loss_kind, alpha, inv_sum, nu, log_nu, with_value)
+                    value[h] += v
+                    d_lognu[h] += dl
+                    w = 2.0 * g * _kernel_grad(d2, q, kernel_kind, a, b)
+                    hx += w * dx
+                    hy += w * dy
+            f_head[h, 0], f_head[h, 1] = hx, hy
     # scatter, owner-computes: thread t adds only into rows [lo, hi), visiting the forces in
     # the same order as a serial loop would, so the sum is bitwise the same for any thread count
     n = grad.shape[0]
@@ -153,11 +202,12 @@ def _batch_forces(Y, heads, pos, p, noise, c_noise, mu, c_mu, exclude_cell, rho,
                 if lo <= o < hi:
                     grad[o, 0] -= f_pos[h, j, 0]
                     grad[o, 1] -= f_pos[h, j, 1]
-            for s in range(S if push_noise else 0):
-                m = noise[h, s]
+        for grp in range(Bg if push_noise else 0):
+            for s in range(S):
+                m = noise[grp, s]
                 if lo <= m < hi:
-                    grad[m, 0] -= f_noise[h, s, 0]
-                    grad[m, 1] -= f_noise[h, s, 1]
+                    grad[m, 0] -= f_noise[grp, s, 0]
+                    grad[m, 1] -= f_noise[grp, s, 1]
     return value, d_lognu
 
 
@@ -166,6 +216,19 @@ batch_forces = numba.njit(parallel=True, fastmath=True, cache=True)(_batch_force
 batch_forces_serial = numba.njit(fastmath=True, cache=True)(_batch_forces)
 #: pairs per batch below which the serial kernel is used
 PARALLEL_MIN_PAIRS = 100_000
+
+
+@numba.njit(cache=True)
+def _forces(args, parallel, n_threads, push_noise, work, learn_nu, lr_nu, log_nu):
+    """One step's :func:`batch_forces` (``args`` up to ``with_value``), parallel or serial;
+    returns the mean loss per head and log(nu) after NCE's plain SGD step at ``lr_nu``."""
+    if parallel:
+        value, d_lognu = batch_forces(*args, n_threads, push_noise, work)
+    else:
+        value, d_lognu = batch_forces_serial(*args, 1, push_noise, work)
+    if learn_nu:
+        log_nu -= lr_nu * d_lognu.sum()
+    return value.sum() / value.shape[0], log_nu
 
 
 _M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
@@ -189,29 +252,39 @@ def _uniform_int(counter, size):
 
 def _draw(heads, noise, c_noise, exclude, dom_lo, dom_n, head_cell, exclude_own, pool, nbrs,
           n_local, n_noise, n_total, base):
-    """Heads uniform over the shard, S noise points per head from its domain (or, with
-    ``pool``, from the batch's positives, as the reference code does).
+    """B heads in groups of G = ceil(B / len(noise)) that share one draw of S noise points
+    (``noise[g]``) from their domain (or, with ``pool``, from the batch's positives, as the
+    reference code does).
 
-    Counter-based (the random numbers are a function of (base, h, s) only), so the draws
-    are the same for any thread count and can be made in parallel.
+    A group's first head is uniform over the shard, the others uniform over its domain
+    [dom_lo, dom_lo + dom_n) (the shard, or its cell when other cells enter as means), so
+    every head is uniform over the shard and shares its domain with its group. Counter-based
+    (the random numbers are a function of (base, g, slot) only), so the draws are the same
+    for any thread count and can be made in parallel.
     """
-    B, S = noise.shape
+    B = heads.shape[0]
+    Bg, S = noise.shape
+    G = -(-B // Bg)
     K = nbrs.shape[1]
-    stride = np.uint64(S + 1)
-    for h in numba.prange(B):
-        i = _uniform_int(base + np.uint64(h) * stride, n_local)
-        heads[h] = i
-        exclude[h] = head_cell[i] if exclude_own else -1
-    for h in numba.prange(B):
-        counter = base + np.uint64(h) * stride
-        lo, size = dom_lo[heads[h]], dom_n[heads[h]]
+    stride = np.uint64(G + S)
+    for grp in numba.prange(Bg):
+        counter = base + np.uint64(grp) * stride
+        first = _uniform_int(counter, n_local)
+        lo, size = dom_lo[first], dom_n[first]
+        for h in range(grp * G, min(grp * G + G, B)):
+            i = first if h == grp * G else lo + _uniform_int(counter + np.uint64(h - grp * G), size)
+            heads[h] = i
+            exclude[h] = head_cell[i] if exclude_own else -1
+            c_noise[h] = n_noise / S if pool else n_noise * size / n_total / S
+    for grp in numba.prange(Bg):
+        counter = base + np.uint64(grp) * stride + np.uint64(G)
+        lo, size = dom_lo[heads[grp * G]], dom_n[heads[grp * G]]
         for s in range(S):
             if pool:
-                slot = _uniform_int(counter + np.uint64(s + 1), B * K)
-                noise[h, s] = nbrs[heads[slot // K], slot % K]
+                slot = _uniform_int(counter + np.uint64(s), B * K)
+                noise[grp, s] = nbrs[heads[slot // K], slot % K]
             else:
-                noise[h, s] = lo + _uniform_int(counter + np.uint64(s + 1), size)
-        c_noise[h] = n_noise / S if pool else n_noise * size / n_total / S
+                noise[grp, s] = lo + _uniform_int(counter + np.uint64(s), size)
 
 
 draw = numba.njit(parallel=True, cache=True)(_draw)
@@ -237,14 +310,14 @@ sgd_rows_serial = numba.njit(cache=True)(_sgd_rows)
 
 
 @numba.njit(cache=True)
-def fused_epoch(Y, velocity, nbrs, p, dom_lo, dom_n, n_total, n_noise, S, B, lrs, momentum, clip,
+def fused_epoch(Y, velocity, nbrs, p, dom_lo, dom_n, n_total, n_noise, S, G, B, lrs, momentum, clip,
                 mu, c_mu, head_cell, exclude_own, pool, rho, loss_kind, kernel_kind, alpha, log_nu,
                 learn_nu, lr_nu, a, b, seed, n_threads):
     """One epoch of SGD steps, all in compiled code (the CPU fast path).
 
-    Each step draws B heads uniformly and S noise points per head from its domain
-    [dom_lo, dom_lo + dom_n) (:func:`draw`, counter-based from ``seed``, so the result does
-    not depend on the thread count), computes the batch gradient with
+    Each step draws B heads uniformly and S noise points for each group of G heads from
+    their domain [dom_lo, dom_lo + dom_n) (:func:`draw`, counter-based from ``seed``, so the
+    result does not depend on the thread count), computes the batch gradient with
     :func:`batch_forces`, clips it, and takes an SGD step with momentum (torch's rule:
     v = momentum v + g; y -= lr v) at ``lrs[step]``. NCE's log(nu) takes plain SGD steps
     at ``lr_nu``. Returns the first step's mean loss per head and the final log(nu).
@@ -252,12 +325,12 @@ def fused_epoch(Y, velocity, nbrs, p, dom_lo, dom_n, n_total, n_noise, S, B, lrs
     n_local = Y.shape[0]
     grad = np.zeros_like(Y)
     heads = np.empty(B, dtype=np.int64)
-    noise = np.empty((B, S), dtype=np.int64)
+    noise = np.empty((-(-B // G), S), dtype=np.int64)
     c_noise = np.empty(B, dtype=np.float32)
     exclude = np.full(B, -1, dtype=np.int64)
     first_loss = 0.0
     parallel = B * (nbrs.shape[1] + S + mu.shape[0]) >= PARALLEL_MIN_PAIRS
-    work = workspace(B, nbrs.shape[1], S)
+    work = workspace(B, nbrs.shape[1], S, G)
     for step in range(lrs.shape[0]):
         base = _mix(np.uint64(seed) * np.uint64(1_000_003) + np.uint64(step)) * np.uint64(1 << 20)
         draw_args = (heads, noise, c_noise, exclude, dom_lo, dom_n, head_cell, exclude_own, pool,
@@ -266,17 +339,10 @@ def fused_epoch(Y, velocity, nbrs, p, dom_lo, dom_n, n_total, n_noise, S, B, lrs
             draw(*draw_args)
         else:
             draw_serial(*draw_args)
-        nu = np.exp(log_nu)
         args = (Y, heads, nbrs[heads], p, noise, c_noise, mu, c_mu, exclude, rho, loss_kind,
-                kernel_kind, alpha, nu, a, b, grad, step == 0)
-        if parallel:
-            value, d_lognu = batch_forces(*args, n_threads, True, work)
-        else:
-            value, d_lognu = batch_forces_serial(*args, 1, True, work)
-        if step == 0:
-            first_loss = value.sum() / B
-        if learn_nu:
-            log_nu -= lr_nu * d_lognu.sum()
+                kernel_kind, alpha, np.exp(log_nu), a, b, grad, step == 0)
+        value, log_nu = _forces(args, parallel, n_threads, True, work, learn_nu, lr_nu, log_nu)
+        first_loss = value if step == 0 else first_loss
         # serial: one parallel region a step (the forces) keeps multi-process runs' thread pools calm
         sgd_rows_serial(Y, velocity, grad, lrs[step], momentum, clip)
     return first_loss, log_nu
@@ -322,7 +388,7 @@ def fused_edge_epoch(Y, velocity, heads_e, tails_e, take, m, B, lrs, momentum, c
     c_noise = np.ones(B, dtype=np.float32)
     mu, c_mu = np.zeros((0, 2), dtype=np.float32), np.zeros(0, dtype=np.float32)
     exclude = np.full(B, -1, dtype=np.int64)
-    work = workspace(B, 1, m)
+    work = workspace(B, 1, m, 1)
     first_loss = 0.0
     for step in range(lrs.shape[0]):
         lo, hi = step * B, min((step + 1) * B, take.shape[0])
@@ -338,17 +404,10 @@ def fused_edge_epoch(Y, velocity, heads_e, tails_e, take, m, B, lrs, momentum, c
             edge_batch(heads_e, tails_e, take, lo, heads, pos, noise, n, pool, base)
         else:
             edge_batch_serial(heads_e, tails_e, take, lo, heads, pos, noise, n, pool, base)
-        nu = np.exp(log_nu)
         args = (Y, heads, pos, p, noise, c_noise[:nb], mu, c_mu, exclude[:nb], rho, loss_kind,
-                kernel_kind, alpha, nu, a, b, grad, step == 0)
-        if parallel:
-            value, d_lognu = batch_forces(*args, n_threads, push_noise, work)
-        else:
-            value, d_lognu = batch_forces_serial(*args, 1, push_noise, work)
-        if step == 0:
-            first_loss = value.sum() / nb
-        if learn_nu:
-            log_nu -= lr_nu * d_lognu.sum()
+                kernel_kind, alpha, np.exp(log_nu), a, b, grad, step == 0)
+        value, log_nu = _forces(args, parallel, n_threads, push_noise, work, learn_nu, lr_nu, log_nu)
+        first_loss = value if step == 0 else first_loss
         lr = lrs[step]
         if momentum > 0 or nb * (2 + m) >= n:
             if parallel:

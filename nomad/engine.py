@@ -99,6 +99,9 @@ class ContrastiveEmbedding(EmbeddingMethod):
             repulsion strength; m in tsne-to-umap-contrastive).
         noise_samples: S, noise points actually drawn per head to estimate it
             ("auto" = min(|M|, 32)); each stands for |M| p(m in D) / S samples.
+        noise_group: G, heads that share one draw of the S noise points (each head's
+            estimate stays unbiased; a group's forces on a noise point are summed before they
+            are scattered, so the compiled CPU epoch gathers and scatters G times less).
         n_epochs: passes over the n heads.
         learning_rate: "auto" = n/10 (nomad-projection sec. 3.4) for mean aggregation,
             1.0 for sum aggregation (cne).
@@ -147,6 +150,7 @@ class ContrastiveEmbedding(EmbeddingMethod):
         p_model: str = "inverse_rank",
         n_noise: float = 5,
         noise_samples: int | str = "auto",
+        noise_group: int = 1,
         n_epochs: int = 500,
         learning_rate: float | str = "auto",
         batch_size: int | str = "auto",
@@ -188,6 +192,7 @@ class ContrastiveEmbedding(EmbeddingMethod):
         self.p_model = p_model
         self.n_noise = n_noise
         self.noise_samples = noise_samples
+        self.noise_group = noise_group
         self.n_epochs = n_epochs
         self.learning_rate = learning_rate
         self.batch_size = batch_size
@@ -234,6 +239,7 @@ class ContrastiveEmbedding(EmbeddingMethod):
         _check_number("n_neighbors", self.n_neighbors, minimum=1, integer=True)
         _check_number("n_noise", self.n_noise, minimum=0, strict=True)
         _check_number("noise_samples", self.noise_samples, minimum=1, integer=True, auto=True)
+        _check_number("noise_group", self.noise_group, minimum=1, integer=True)
         _check_number("n_epochs", self.n_epochs, minimum=1, integer=True)
         _check_number("learning_rate", self.learning_rate, minimum=0, strict=True, auto=True)
         _check_number("batch_size", self.batch_size, minimum=1, integer=True, auto=True)
@@ -401,6 +407,7 @@ class ContrastiveEmbedding(EmbeddingMethod):
         return TrainSpec(
             loss=self._make_loss(n), p=p_ji(int(self.n_neighbors), self.p_model), n_epochs=int(self.n_epochs),
             learning_rate=lr, batch_size=batch, n_noise=float(self.n_noise), noise_samples=S,
+            noise_group=int(self.noise_group),
             approximate=approximate, mean_refresh=self.mean_refresh, mean_weight=self.mean_weight,
             noise=self.noise, aggregation=self.aggregation,
             momentum=float(self.momentum), lr_schedule=self.lr_schedule, lr_decay_start=self.lr_decay_start,

@@ -18,16 +18,19 @@ class NOMAD(ContrastiveEmbedding):
 
     Defaults not fixed by the paper follow the authors' figure scripts (k = 8 neighbours,
     |M| = 10,000 noise samples per head, momentum 0.8); ``noise_samples`` = 128 draws
-    estimate the noise term (more draws raise NP@k at a linear cost; README, "Defaults").
+    estimate the noise term (more draws raise NP@k at a linear cost), shared by groups of
+    ``noise_group`` = 16 heads (same NP@k on three datasets, 2.3x faster epochs on CPU;
+    README, "Defaults").
     """
 
     multi_device: ClassVar[bool] = True
     _default_approximate: ClassVar[str] = "remote"
 
     def __init__(self, s: float = 0.0, n_neighbors: int = 8, n_noise: float = 10_000,
-                 noise_samples: int | str = 128, momentum: float = 0.8, **kwargs):
+                 noise_samples: int | str = 128, noise_group: int = 16, momentum: float = 0.8,
+                 **kwargs):
         super().__init__(n_neighbors=n_neighbors, n_noise=n_noise, noise_samples=noise_samples,
-                         momentum=momentum, **kwargs)
+                         noise_group=noise_group, momentum=momentum, **kwargs)
         self.s = s
 
     def _make_loss(self, n: int):

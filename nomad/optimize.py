@@ -59,6 +59,7 @@ class TrainSpec:
     batch_size: int  # heads per step, summed over devices
     n_noise: float  # |M|
     noise_samples: int  # S drawn per head
+    noise_group: int = 1  # heads sharing one draw of the S noise points
     approximate: str = "remote"
     mean_refresh: str = "epoch"
     mean_weight: str = "paper"  # "paper": |M| p(m in r) (eq. 4); "reference": 1 per mean
@@ -189,21 +190,37 @@ class _ShardTrainer:
             return mu
 
     # -- one step -------------------------------------------------------------------------
-    def _sample(self, B: int, S: int):
-        """Heads, and S noise points per head from its noise domain (lo, size)."""
-        heads = torch.randint(self.n_local, (B,), generator=self.gen, device=self.dev)
+    def _domain(self, heads: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(lo, size) of each head's noise domain: its cell when other cells enter as means,
+        else the whole shard."""
         if self.spec.approximate == "others":
-            lo, size = self.cell_lo[heads], self.cell_n[heads]
+            return self.cell_lo[heads], self.cell_n[heads]
+        return (torch.zeros_like(heads), torch.full_like(heads, self.n_local))
+
+    def _sample(self, B: int, S: int):
+        """Heads, S noise points per head (B, S) from its noise domain, and its domain size.
+
+        Heads come in groups of ``noise_group`` that share one draw of noise points (the rows
+        of a group are equal): a group's first head is uniform over the shard, the others
+        uniform over its domain, so each head is uniform and each estimate unbiased."""
+        G = group_size(B, self.spec.noise_group)
+        Bg = -(-B // G)
+        first = torch.randint(self.n_local, (Bg,), generator=self.gen, device=self.dev)
+        lo, size = self._domain(first)
+        if G > 1:
+            u = torch.rand(Bg, G - 1, generator=self.gen, device=self.dev)
+            rest = lo[:, None] + torch.minimum((u * size[:, None]).long(), size[:, None] - 1)
+            heads = torch.cat([first[:, None], rest], 1).reshape(-1)[:B]
         else:
-            lo = torch.zeros(B, dtype=torch.long, device=self.dev)
-            size = torch.full((B,), self.n_local, dtype=torch.long, device=self.dev)
+            heads = first
         if self.spec.noise == "batch_neighbors":  # reference code: the pool of the batch's positives
             pool = self.nbrs[heads].reshape(-1)
-            noise = pool[torch.randint(len(pool), (B, S), generator=self.gen, device=self.dev)]
-            return heads, noise, torch.full_like(size, self.shard.n_total)  # weight |M| / S each
-        u = torch.rand(B, S, generator=self.gen, device=self.dev)
-        noise = lo[:, None] + torch.minimum((u * size[:, None]).long(), size[:, None] - 1)
-        return heads, noise, size
+            noise = pool[torch.randint(len(pool), (Bg, S), generator=self.gen, device=self.dev)]
+            size = torch.full_like(size, self.shard.n_total)  # weight |M| / S each
+        else:
+            u = torch.rand(Bg, S, generator=self.gen, device=self.dev)
+            noise = lo[:, None] + torch.minimum((u * size[:, None]).long(), size[:, None] - 1)
+        return heads, noise.repeat_interleave(G, 0)[:B], size.repeat_interleave(G)[:B]
 
     def _mean_weights(self, heads: torch.Tensor) -> torch.Tensor:
         """(B, C) weights |M| p(m in r) of the approximated cells r (eq. 4), 0 elsewhere."""
@@ -257,12 +274,13 @@ class _ShardTrainer:
             exclude = (self.cell[heads] if self.spec.approximate == "others"
                        else torch.full_like(heads, -1)).numpy()
         grad = torch.zeros_like(self.Y.data)
+        G = group_size(len(heads), self.spec.noise_group)  # a group's rows of noise are equal
         value, d_lognu = batch_forces(
             self.Y.data.numpy(), heads.numpy(), self.nbrs[heads].numpy(), self.p[0].numpy(),
-            noise.numpy(), c_noise.numpy(), mu_np, c_mu_np, exclude, float(rho),
+            noise[::G].numpy(), c_noise.numpy(), mu_np, c_mu_np, exclude, float(rho),
             loss_kind, kernel_kind, float(alpha), float(nu), float(a), float(b), grad.numpy(),
             with_value, numba.get_num_threads(), True,
-            workspace(len(heads), self.nbrs.shape[1], noise.shape[1]))
+            workspace(len(heads), self.nbrs.shape[1], noise.shape[1], G))
         g_params = {}
         if isinstance(getattr(loss_fn, "log_z", None), torch.nn.Parameter):
             g_params[loss_fn.log_z] = torch.tensor(float(d_lognu.sum()))
@@ -311,16 +329,14 @@ class _ShardTrainer:
         spec, loss_fn = self.spec, self.spec.loss
         if not hasattr(self, "_velocity"):
             self._velocity = np.zeros_like(self.Y.data.numpy())
-            others = spec.approximate == "others"
-            self._dom_lo = (self.cell_lo if others else torch.zeros_like(self.cell)).numpy()
-            self._dom_n = (self.cell_n if others else torch.full_like(self.cell, self.n_local)).numpy()
+            self._dom_lo, self._dom_n = (t.numpy() for t in self._domain(torch.arange(self.n_local)))
         loss_kind, kernel_kind, alpha, nu, a, b = loss_fn.fused()
         learn_nu = isinstance(getattr(loss_fn, "log_z", None), torch.nn.Parameter)
         no_mu = mu is None
         value, log_nu = fused_epoch(
             self.Y.data.numpy(), self._velocity, self.nbrs.numpy(), self.p[0].numpy(),
             self._dom_lo, self._dom_n, self.shard.n_total, float(spec.n_noise), spec.noise_samples,
-            self.B, lrs, float(spec.momentum), float(spec.clip_grad or 0.0),
+            group_size(self.B, spec.noise_group), self.B, lrs, float(spec.momentum), float(spec.clip_grad or 0.0),
             np.zeros((0, 2), np.float32) if no_mu else mu.numpy(),
             np.zeros(0, np.float32) if no_mu else self._c_mu.numpy(),
             self.cell.numpy(), spec.approximate == "others", spec.noise == "batch_neighbors",
@@ -358,6 +374,11 @@ class _ShardTrainer:
                 raise FloatingPointError(
                     f"loss became {value} at epoch {epoch}: lower method.learning_rate")
         return self.Y.detach().cpu().numpy()
+
+
+def group_size(B: int, G: int) -> int:
+    """Heads per noise group when B heads form ceil(B / G) groups of equal size but the last."""
+    return -(-B // -(-B // G))
 
 
 def _maybe_inject_fault(rank: int, epoch: int) -> None:

@@ -266,10 +266,10 @@ def problem():
     return make_shards(idx, Y0, 1)[0]
 
 
-def trainer(shard, loss_name: str, approximate: str, backend: str) -> _ShardTrainer:
+def trainer(shard, loss_name: str, approximate: str, backend: str, noise_group: int = 1) -> _ShardTrainer:
     spec = TrainSpec(loss=GRAD_LOSSES[loss_name](shard.n_total), p=p_ji(7), n_epochs=1,
                      learning_rate=1.0, batch_size=100, n_noise=50.0, noise_samples=8,
-                     approximate=approximate, backend=backend, seed=3)
+                     noise_group=noise_group, approximate=approximate, backend=backend, seed=3)
     return _ShardTrainer(shard, spec, Comm())
 
 
@@ -283,12 +283,13 @@ def sampled_batch(tr: _ShardTrainer):
     return heads, noise, c_noise, mu, c_mu
 
 
+@pytest.mark.parametrize("noise_group", [1, 3])
 @pytest.mark.parametrize("approximate", ["none", "others"])
 @pytest.mark.parametrize("loss_name", list(GRAD_LOSSES))
-def test_fused_kernel_equals_torch_path(problem, loss_name, approximate):
+def test_fused_kernel_equals_torch_path(problem, loss_name, approximate, noise_group):
     results = []
     for backend in ("torch", "fused"):
-        tr = trainer(problem, loss_name, approximate, backend)
+        tr = trainer(problem, loss_name, approximate, backend, noise_group)
         assert tr.fused == (backend == "fused")
         assert tr.uses_means == (approximate == "others")
         batch = sampled_batch(tr)  # same seed: both backends see the same samples
@@ -377,14 +378,14 @@ def test_torch_path_gradient_equals_autograd_of_the_total_loss(problem, loss_nam
 def test_every_sampled_noise_weight_sums_to_the_number_of_noise_samples(problem):
     # |M| p(m in D) for the sampled domain D plus |M| p(m in r) for the means = |M|
     for approximate in ("none", "others"):
-        tr = trainer(problem, "infonce", approximate, "torch")
+        tr = trainer(problem, "infonce", approximate, "torch", noise_group=3)
         _heads, noise, c_noise, _mu, c_mu = sampled_batch(tr)
         total = c_noise * noise.shape[1] + (c_mu.sum(1) if c_mu is not None else 0.0)
         np.testing.assert_allclose(total.numpy(), 50.0, rtol=1e-5)
 
 
 # -- the compiled CPU epoch loop vs the torch step loop -----------------------------------------
-def four_point_trainer(loss_name: str, approximate: str, backend: str) -> _ShardTrainer:
+def four_point_trainer(loss_name: str, approximate: str, backend: str, batch: int = 1) -> _ShardTrainer:
     """Four points in two cells of two, k = 1 (each point's neighbour is its cell mate)."""
     from nomad.optimize import Shard
 
@@ -393,8 +394,8 @@ def four_point_trainer(loss_name: str, approximate: str, backend: str) -> _Shard
                   cell=np.array([0, 0, 1, 1]), cell_sizes=np.array([2, 2]),
                   cell_rank=np.zeros(2, dtype=np.int64), n_total=4)
     spec = TrainSpec(loss=GRAD_LOSSES[loss_name](4), p=p_ji(1), n_epochs=1, learning_rate=1.0,
-                     batch_size=1, n_noise=2.0, noise_samples=1, approximate=approximate,
-                     momentum=0.5, clip_grad=0.8, backend=backend, seed=0)
+                     batch_size=batch, n_noise=2.0, noise_samples=1, noise_group=batch,
+                     approximate=approximate, momentum=0.5, clip_grad=0.8, backend=backend, seed=0)
     return _ShardTrainer(shard, spec, Comm())
 
 
@@ -440,6 +441,56 @@ def test_fused_epoch_is_one_of_the_torch_step_sequences(loss_name, approximate):
         assert log_z != 0.0
 
 
+@pytest.mark.parametrize("approximate", ["none", "others"])
+@pytest.mark.parametrize("loss_name", ["infonce", "nce"])
+def test_fused_epoch_shares_one_noise_draw_in_a_group_of_heads(loss_name, approximate):
+    """B = G = 2, S = 1: one step of the compiled epoch equals the torch step for one of the
+    draws (h1, h2, m) where h2 shares h1's domain and both heads push the one noise point m."""
+    lrs, rho = np.array([0.3]), 1.3
+    fused = four_point_trainer(loss_name, approximate, "fused", batch=2)
+    assert fused.B == 2
+    mu = fused.cell_means() if fused.uses_means else None
+    value = fused._fused_epoch(mu, lrs / 2, rho, epoch=0)  # step() scales lr by 1 / B (mean)
+    Y_fused = fused.Y.detach().numpy().copy()
+
+    def domain(i):
+        return [i - i % 2, i - i % 2 + 1] if approximate == "others" else list(range(4))
+
+    best = (np.inf, None)
+    for h1 in range(4):
+        for h2 in domain(h1):
+            for m in domain(h1):
+                tr = four_point_trainer(loss_name, approximate, "torch", batch=2)
+                size = len(domain(h1))
+                tr._sample = lambda B, S, d=(h1, h2, m, size): (
+                    torch.tensor(d[:2]), torch.tensor([[d[2]], [d[2]]]), torch.tensor([d[3], d[3]]))
+                v = tr.step(mu, float(lrs[0]), rho, with_value=True)
+                err = np.abs(tr.Y.detach().numpy() - Y_fused).max()
+                best = min(best, (err, v), key=lambda t: t[0])
+    assert best[0] < 1e-5
+    assert value == pytest.approx(best[1], rel=1e-5)
+
+
+@pytest.mark.parametrize("approximate", ["none", "others"])
+def test_noise_groups_share_a_draw_and_keep_heads_uniform(problem, approximate):
+    tr = trainer(problem, "infonce", approximate, "torch", noise_group=4)
+    cell = problem.cell
+    counts = np.zeros(problem.n_total)
+    for _ in range(200):
+        heads, noise, size = tr._sample(tr.B, 8)
+        groups = noise.reshape(25, 4, 8)
+        assert (groups == groups[:, :1]).all()  # one draw per group of 4 heads
+        assert (size.reshape(25, 4) == size.reshape(25, 4)[:, :1]).all()
+        if approximate == "others":  # a group's heads share the own cell, their noise domain
+            own = cell[heads.numpy()].reshape(25, 4)
+            assert (own == own[:, :1]).all()
+            assert (cell[noise.numpy()] == cell[heads.numpy()][:, None]).all()
+        counts += np.bincount(heads.numpy(), minlength=problem.n_total)
+    # each head is uniform over the shard: per-cell frequencies match the cell sizes
+    per_cell = np.bincount(cell, weights=counts) / counts.sum()
+    np.testing.assert_allclose(per_cell, np.bincount(cell) / problem.n_total, atol=0.02)
+
+
 needs_two_threads = pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2,
                                        reason="numba has a single thread here")
 
@@ -469,7 +520,8 @@ def test_fused_epoch_with_the_parallel_kernel_is_bitwise_the_same_for_any_thread
     results = []
     for threads in (1, 2):
         spec = TrainSpec(loss=InfoNCE(), p=p_ji(15), n_epochs=1, learning_rate=1.0,
-                         batch_size=4000, n_noise=10.0, noise_samples=10, approximate="others")
+                         batch_size=4000, n_noise=10.0, noise_samples=10, noise_group=4,
+                         approximate="others")
         tr = _ShardTrainer(shard, spec, Comm())
         assert tr.B * (15 + 10 + 2) >= PARALLEL_MIN_PAIRS  # the parallel kernel runs
         numba.set_num_threads(threads)
