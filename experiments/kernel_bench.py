@@ -2,7 +2,7 @@
 
     python -m experiments.kernel_bench [--n 70000 1000000] [--repeats 2]
 
-One row per n for each loop: ``heads`` (:func:`fused_epoch`, NOMAD's defaults: k = 8, S = 128
+One row per n for each loop: ``heads`` (:func:`fused_epoch`, NOMAD's defaults: k = 8, S = 256
 noise samples per head, shared by groups of ``--noise-group`` heads, n/10 heads a step,
 momentum 0.8, so 10 steps an epoch) and ``edges``
 (:func:`fused_edge_epoch`, cne's defaults: 15 n edges an epoch in batches of 2^15, m = 5). The
@@ -31,7 +31,7 @@ def _best(call, repeats: int) -> float:
     return min(times)
 
 
-def heads_epoch(n: int, repeats: int, k: int = 8, S: int = 128, G: int = 1) -> float:
+def heads_epoch(n: int, repeats: int, k: int = 8, S: int = 256, G: int = 1) -> float:
     rng = np.random.default_rng(0)
     Y = (rng.standard_normal((n, 2)) * 10).astype(np.float32)
     nbrs = rng.integers(0, n, (n, k))
