@@ -1,12 +1,19 @@
 """Shared test settings and checks."""
 
 import inspect
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import numba
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_class
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
 @pytest.fixture(scope="module")
@@ -35,3 +42,16 @@ def check_cpu_method_config(path, name: str) -> None:
     method = cls(**cfg, random_state=5)
     assert method.random_state == 5
     assert all(getattr(method, k) == v for k, v in cfg.items())
+
+
+@contextmanager
+def hydra_config(name: str, overrides: list[str], tmp_path: Path) -> Iterator[DictConfig]:
+    """Config ``name`` as its ``python -m`` entry point composes it, results and cache in
+    ``tmp_path``; Hydra stays initialised inside (a benchmark composes method configs)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("NEBENCH_RESULTS_DIR", str(tmp_path / "results"))
+        mp.setenv("NEBENCH_CACHE_DIR", str(tmp_path / "cache"))
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            cfg = compose(name, overrides=overrides, return_hydra_config=True)
+            HydraConfig.instance().set_config(cfg)
+            yield cfg

@@ -8,13 +8,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import CONF, hydra_config
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
@@ -30,7 +29,6 @@ from nebench.runner import prepare
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 ROOT = Path(__file__).resolve().parents[1]
-CONF = ROOT / "conf"
 FIGURES = ["damrich_fig1", "umap_ring", "umap_loss_curves", "nomad_fig3", "nomad_table1"]
 #: methods.umap turned into the engine's UMAP loss, which cannot start at the data
 ENGINE_UMAP = [
@@ -41,17 +39,9 @@ ENGINE_UMAP = [
 SERIES = ["fig3_nomad", "fig3_nomad_2cpu", "fig3_infonc_tsne", "fig3_umap", "fig3_opentsne"]
 
 
-@contextmanager
-def figure_config(overrides: list[str], tmp_path: Path) -> Iterator[DictConfig]:
-    """The figure config as ``python -m experiments.figures`` composes it, outputs in
-    ``tmp_path``; Hydra stays initialised inside (the benchmark composes method configs)."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("NEBENCH_RESULTS_DIR", str(tmp_path / "results"))
-        mp.setenv("NEBENCH_CACHE_DIR", str(tmp_path / "cache"))
-        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-            cfg = compose("figure", overrides=overrides, return_hydra_config=True)
-            HydraConfig.instance().set_config(cfg)
-            yield cfg
+def figure_config(overrides: list[str], tmp_path: Path):
+    """The figure config as ``python -m experiments.figures`` composes it (a context)."""
+    return hydra_config("figure", overrides, tmp_path)
 
 
 def task(cfg: DictConfig) -> DictConfig:

@@ -11,8 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.hydra_config import HydraConfig
+from conftest import hydra_config
 
 from experiments import knn_bench
 from metrics import exact_knn
@@ -22,7 +21,6 @@ from nebench.errors import InputError
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 ROOT = Path(__file__).resolve().parents[1]
-CONF = ROOT / "conf"
 K = 10
 
 
@@ -88,13 +86,8 @@ def test_drop_self_removes_the_row_wherever_it_is_and_else_the_farthest() -> Non
 
 
 def compose_config(overrides: list[str], tmp_path: Path):
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("NEBENCH_RESULTS_DIR", str(tmp_path / "results"))
-        mp.setenv("NEBENCH_CACHE_DIR", str(tmp_path / "cache"))
-        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-            cfg = compose("knn_bench", overrides=overrides, return_hydra_config=True)
-            HydraConfig.instance().set_config(cfg)
-            return cfg
+    with hydra_config("knn_bench", overrides, tmp_path) as cfg:
+        return cfg
 
 
 @pytest.mark.parametrize(
