@@ -103,8 +103,8 @@ class _TorchDRMethod(EmbeddingMethod):
             )
         if self.backend == "faiss" and importlib.util.find_spec("faiss") is None:
             raise InputError(
-                f"{name}: backend='faiss' needs faiss: pip install faiss-cpu (the nebench[faiss] "
-                "extra), or set method.backend=null."
+                f"{name}: backend='faiss' needs faiss: pip install faiss-cpu (a dependency of "
+                "nebench), or set method.backend=null."
             )
         if self.metric not in _METRICS[self.backend]:
             raise InputError(

@@ -23,14 +23,14 @@ The indexes (:data:`INDEXES`; settings in ``conf/knn_bench.yaml`` under ``params
 * ``faiss_flat``: ``faiss.IndexFlatL2``, exact brute force (a second exact reference);
 * ``nomad_p1`` / ``nomad_p3``: :func:`nomad.index.build_index` as the engine calls it (cells of
   ``cell_size`` points, split above twice the mean size), ``n_probe`` 1 (the paper; the engine
-  on several devices) and 3 (the engine's default on one device);
+  on several devices) and 3 (the engine's default on one device with ``knn=cells``);
 * ``pynndescent``: ``umap.umap_.nearest_neighbors``, i.e. ``NNDescent`` with the settings
   umap-learn uses (n_trees = min(64, 5 + round(sqrt(n) / 20)), n_iters = max(5, round(log2 n)),
   max_candidates = 60), as in ``baselines/umap.py``;
 * ``faiss_hnsw``: ``faiss.IndexHNSWFlat`` (M links per node, efConstruction, efSearch >= k + 1);
 * ``faiss_ivf``: ``faiss.IndexIVFFlat`` with ``nlist`` k-means lists (auto = 4 sqrt(n), the low
   end of faiss's guideline of 4-16 sqrt(n)), trained on at most 256 points per list, ``nprobe``
-  lists searched;
+  lists searched: the engine's kNN on one device (:mod:`nomad.knn`);
 * ``annoy``: openTSNE's default kNN for n >= 1,000 (``openTSNE.nearest_neighbors.Annoy``,
   50 trees); openTSNE asks it for 3 x perplexity = 90 neighbours, here for k like the others.
 """
@@ -41,7 +41,6 @@ import importlib
 import logging
 import math
 import multiprocessing
-import os
 import tempfile
 import time
 from collections.abc import Callable
@@ -64,6 +63,7 @@ from nebench.datasets import check_data, load_dataset
 from nebench.errors import InputError
 from nebench.results import code_version, timestamp
 from nebench.runner import _reset_peak_rss, measure_peak_rss_gb
+from nomad.knn import drop_self, ivf_knn, threads
 
 log = logging.getLogger(__name__)
 
@@ -138,28 +138,11 @@ def faiss_ivf(
     X: np.ndarray, k: int, seed: int, n_jobs: int, nlist: int | str = "auto", nprobe: int = 10,
     train_per_list: int = 256,
 ) -> np.ndarray:  # fmt: skip
-    """``faiss.IndexIVFFlat``: k-means coarse quantiser of ``nlist`` lists (auto = 4 sqrt(n)),
-    trained on a seeded sample of at most ``train_per_list`` points per list; ``nprobe`` lists
-    searched per query."""
-    import faiss
-
-    X = _float32(X)
-    n = len(X)
-    lists = max(1, round(4 * math.sqrt(n))) if nlist == "auto" else int(nlist)
-    lists = min(lists, n)
-    quantizer = faiss.IndexFlatL2(X.shape[1])
-    index = faiss.IndexIVFFlat(quantizer, X.shape[1], lists)
-    index.cp.seed = seed
-    rng = np.random.default_rng(seed)
-    sample = (
-        X
-        if n <= train_per_list * lists
-        else X[np.sort(rng.choice(n, train_per_list * lists, replace=False))]
-    )
-    _faiss_threads(n_jobs)
-    index.train(sample)
-    index.nprobe = min(nprobe, lists)
-    return _faiss_search(index, X, k, n_jobs)
+    """``faiss.IndexIVFFlat`` as the engine's ``knn=faiss_ivf`` builds it
+    (:func:`nomad.knn.ivf_knn`): ``nlist`` k-means lists (auto = 4 sqrt(n)) trained on at most
+    ``train_per_list`` points per list, ``nprobe`` lists searched per query."""
+    return ivf_knn(X, k, seed=seed, nlist=nlist, nprobe=nprobe, train_per_list=train_per_list,
+                   n_threads=n_jobs)[0]
 
 
 def annoy(X: np.ndarray, k: int, seed: int, n_jobs: int, n_trees: int = 50) -> np.ndarray:
@@ -212,25 +195,12 @@ def recall(approx: np.ndarray, exact: np.ndarray) -> float:
     return float(np.mean(hits)) / k
 
 
-def drop_self(indices: np.ndarray, k: int) -> np.ndarray:
-    """The first k neighbours of each row other than the row itself (from k + 1 that usually,
-    but with duplicate points not always, start with it)."""
-    indices = np.asarray(indices)
-    rows = np.arange(len(indices))[:, None]
-    is_self = indices == rows
-    # rows without themselves among the k + 1 drop their last (farthest) entry instead
-    is_self[~is_self.any(axis=1), -1] = True
-    is_self[np.cumsum(is_self, axis=1) > 1] = False  # only one entry per row
-    return indices[~is_self].reshape(len(indices), k)
-
-
 def _float32(X: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(X, dtype=np.float32)
 
 
 def _threads(n_jobs: int) -> int:
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return cores if n_jobs == -1 else n_jobs
+    return threads() if n_jobs == -1 else n_jobs
 
 
 def _faiss_threads(n_jobs: int) -> None:

@@ -20,21 +20,21 @@ import numpy as np
 _EPS = 1e-10
 
 
-@numba.njit(inline="always", fastmath=True)
+@numba.njit(inline="always", fastmath=True, error_model="numpy")
 def _kernel(d2, kernel_kind, a, b):
     if kernel_kind == 0:
         return 1.0 / (1.0 + d2)
     return 1.0 / (1.0 + a * max(d2, 0.0) ** b)
 
 
-@numba.njit(inline="always", fastmath=True)
+@numba.njit(inline="always", fastmath=True, error_model="numpy")
 def _kernel_grad(d2, q, kernel_kind, a, b):
     if kernel_kind == 0:
         return -q * q
     return -a * b * max(d2, 1e-12) ** (b - 1.0) * q * q
 
 
-@numba.njit(inline="always", fastmath=True)
+@numba.njit(inline="always", fastmath=True, error_model="numpy")
 def _noise_term(q, c, loss_kind, alpha, inv_sum, nu, log_nu, with_value):
     """(dL/dq, loss, dL/dlog(nu)) of one noise column of weight c (a sample or a cell mean)."""
     if loss_kind == 0:  # InfoNCE: the column only enters the heads' normalisers
@@ -47,54 +47,81 @@ def _noise_term(q, c, loss_kind, alpha, inv_sum, nu, log_nu, with_value):
     return c / one_minus_q, value, 0.0
 
 
-@numba.njit(inline="always", fastmath=True)
+@numba.njit(inline="always", fastmath=True, error_model="numpy")
 def _noise_kernels(yi0, yi1, yn, qn, kernel_kind, a, b):
-    """q(y_i, y_m) of one head against its group's noise positions ``yn`` into ``qn``; returns
-    their sum. The Cauchy kernel gets a float32 loop without branches, which LLVM vectorizes
-    (3x faster than the general loop, where the kernel choice stays inside)."""
+    """q(y_i, y_m) of one head against its group's noise positions ``yn`` (2, S) into ``qn``;
+    returns their sum. The Cauchy kernel gets a float32 loop without branches over
+    coordinate rows (structure of arrays), which LLVM vectorizes; the general loop keeps the
+    kernel choice inside."""
     total = np.float32(0.0)
+    xs, ys = yn[0], yn[1]
     if kernel_kind == 0:
         one = np.float32(1.0)
         for s in range(qn.shape[0]):
-            dx, dy = yi0 - yn[s, 0], yi1 - yn[s, 1]
-            qn[s] = one / (one + dx * dx + dy * dy)
-            total += qn[s]
+            dx, dy = yi0 - xs[s], yi1 - ys[s]
+            q = one / (one + dx * dx + dy * dy)
+            qn[s] = q
+            total += q
     else:
         for s in range(qn.shape[0]):
-            dx, dy = yi0 - yn[s, 0], yi1 - yn[s, 1]
+            dx, dy = yi0 - xs[s], yi1 - ys[s]
             qn[s] = _kernel(dx * dx + dy * dy, kernel_kind, a, b)
             total += qn[s]
     return total
 
 
-@numba.njit(inline="always", fastmath=True)
+@numba.njit(inline="always", fastmath=True, error_model="numpy")
 def _infonce_cauchy_noise_forces(yi0, yi1, yn, qn, fn, w0):
     """InfoNCE under the Cauchy kernel: every noise column has dL/dq = alpha c inv_sum and
     dq/dd^2 = -q^2, so its force weight is w0 q^2 with w0 = -2 alpha c inv_sum. Adds each
-    force to ``fn`` and returns their sum (the head's share): the same as the general loop,
-    vectorized."""
+    force to ``fn`` (2, S) and returns their sum (the head's share): the same as the general
+    loop, vectorized."""
     w0 = np.float32(w0)
+    xs, ys, gx, gy = yn[0], yn[1], fn[0], fn[1]
     fx, fy = np.float32(0.0), np.float32(0.0)
     for s in range(qn.shape[0]):
-        dx, dy = yi0 - yn[s, 0], yi1 - yn[s, 1]
+        dx, dy = yi0 - xs[s], yi1 - ys[s]
         w = w0 * qn[s] * qn[s]
-        fn[s, 0] += w * dx
-        fn[s, 1] += w * dy
+        gx[s] += w * dx
+        gy[s] += w * dy
         fx += w * dx
         fy += w * dy
     return fx, fy
 
 
-@numba.njit(cache=True)
+@numba.njit(inline="always", fastmath=True, error_model="numpy")
+def _infonce_cauchy_positive_forces(yi0, yi1, fp, p, z, rho, alpha):
+    """InfoNCE under the Cauchy kernel on a head's K positives, whose positions ``fp`` (2, K)
+    are overwritten by their forces: dL/dq_j = -rho p_j / q_j + alpha p_j / (q_j + z) and
+    dq/dd^2 = -q^2. Returns the head's share (fx, fy) and inv_sum = sum_j p_j / (q_j + z).
+    Without branches, so LLVM vectorizes over the K positives (the general loop does not)."""
+    one, eps, z = np.float32(1.0), np.float32(_EPS), np.float32(z)
+    rho, alpha = np.float32(rho), np.float32(alpha)
+    xs, ys = fp[0], fp[1]
+    fx, fy, inv_sum = np.float32(0.0), np.float32(0.0), np.float32(0.0)
+    for j in range(p.shape[0]):
+        dx, dy = yi0 - xs[j], yi1 - ys[j]
+        q = one / (one + dx * dx + dy * dy)
+        inv = p[j] / (q + z)
+        inv_sum += inv
+        w = np.float32(2.0) * (rho * p[j] / (q + eps) - alpha * inv) * q * q
+        xs[j], ys[j] = w * dx, w * dy
+        fx += w * dx
+        fy += w * dy
+    return fx, fy, inv_sum
+
+
+@numba.njit(cache=True, error_model="numpy")
 def workspace(B, K, S, G=1):
     """Scratch arrays of :func:`batch_forces` for batches of up to B heads in groups of G:
-    the forces on the positives (B, K, 2), the noise points' positions and summed forces
-    (ceil(B/G), S, 2) each, and one head's noise kernels per group (ceil(B/G), S). Allocated
-    once per epoch: fresh ones every step cost page faults that, at 10^5 heads a step, took
-    40% of the time."""
+    the positives' positions, then forces (B, 2, K), the noise points' positions and summed forces
+    (ceil(B/G), 2, S) each, and one head's noise kernels per group (ceil(B/G), S). The noise
+    arrays hold x and y in separate rows (structure of arrays): interleaved (S, 2) rows kept
+    LLVM from vectorizing the noise loops, 7x slower. Allocated once per epoch: fresh ones
+    every step cost page faults that, at 10^5 heads a step, took 40% of the time."""
     Bg = -(-B // G)
-    return (np.empty((B, K, 2), dtype=np.float32), np.empty((Bg, S, 2), dtype=np.float32),
-            np.empty((Bg, S, 2), dtype=np.float32), np.empty((Bg, S), dtype=np.float32))
+    return (np.empty((B, 2, K), dtype=np.float32), np.empty((Bg, 2, S), dtype=np.float32),
+            np.empty((Bg, 2, S), dtype=np.float32), np.empty((Bg, S), dtype=np.float32))
 
 
 def _batch_forces(Y, heads, pos, p, noise, c_noise, mu, c_mu, exclude_cell, rho,
@@ -119,8 +146,8 @@ def _batch_forces(Y, heads, pos, p, noise, c_noise, mu, c_mu, exclude_cell, rho,
         yn, fn, qn = y_noise[grp], f_noise[grp], q_noise[grp]
         for s in range(S):
             m = noise[grp, s]
-            yn[s, 0], yn[s, 1] = Y[m, 0], Y[m, 1]
-            fn[s, 0], fn[s, 1] = 0.0, 0.0
+            yn[0, s], yn[1, s] = Y[m, 0], Y[m, 1]
+            fn[0, s], fn[1, s] = 0.0, 0.0
         for h in range(grp * G, min(grp * G + G, B)):
             i = heads[h]
             yi0, yi1 = Y[i, 0], Y[i, 1]
@@ -131,9 +158,24 @@ def _batch_forces(Y, heads, pos, p, noise, c_noise, mu, c_mu, exclude_cell, rho,
                     z += c_mu[r] * _kernel(dx * dx + dy * dy, kernel_kind, a, b)
             hx, hy = 0.0, 0.0
             inv_sum = 0.0  # sum_j p_j / (q_j + z), InfoNCE's noise gradient factor
+            fp = f_pos[h]  # the positives' positions, then the forces on them
             for j in range(K):
                 o = pos[h, j]
-                dx, dy = yi0 - Y[o, 0], yi1 - Y[o, 1]
+                fp[0, j], fp[1, j] = Y[o, 0], Y[o, 1]
+            if with_value:
+                for j in range(K):
+                    dx, dy = yi0 - fp[0, j], yi1 - fp[1, j]
+                    q = _kernel(dx * dx + dy * dy, kernel_kind, a, b)
+                    if loss_kind == 0:
+                        value[h] += p[j] * (-rho * np.log(q + _EPS) + alpha * np.log(q + z))
+                    elif loss_kind == 1:
+                        value[h] += rho * p[j] * (np.log(q + nu) - np.log(q + _EPS))
+                    else:
+                        value[h] += -rho * p[j] * np.log(max(q, 1e-4))
+            if loss_kind == 0 and kernel_kind == 0:
+                hx, hy, inv_sum = _infonce_cauchy_positive_forces(yi0, yi1, fp, p, z, rho, alpha)
+            for j in range(0 if loss_kind == 0 and kernel_kind == 0 else K):
+                dx, dy = yi0 - fp[0, j], yi1 - fp[1, j]
                 d2 = dx * dx + dy * dy
                 q = _kernel(d2, kernel_kind, a, b)
                 pj = p[j]
@@ -141,20 +183,13 @@ def _batch_forces(Y, heads, pos, p, noise, c_noise, mu, c_mu, exclude_cell, rho,
                     inv = pj / (q + z)
                     inv_sum += inv
                     g = -rho * pj / (q + _EPS) + alpha * inv
-                    if with_value:
-                        value[h] += pj * (-rho * np.log(q + _EPS) + alpha * np.log(q + z))
                 elif loss_kind == 1:
                     g = rho * pj * (-1.0 / (q + _EPS) + 1.0 / (q + nu))
-                    if with_value:
-                        value[h] += rho * pj * (np.log(q + nu) - np.log(q + _EPS))
                     d_lognu[h] += rho * pj * nu / (q + nu)
                 else:
-                    qc = max(q, 1e-4)
-                    g = -rho * pj / qc
-                    if with_value:
-                        value[h] += -rho * pj * np.log(qc)
+                    g = -rho * pj / max(q, 1e-4)
                 w = 2.0 * g * _kernel_grad(d2, q, kernel_kind, a, b)
-                f_pos[h, j, 0], f_pos[h, j, 1] = w * dx, w * dy
+                fp[0, j], fp[1, j] = w * dx, w * dy
                 hx += w * dx
                 hy += w * dy
             if loss_kind == 0 and kernel_kind == 0:
@@ -163,15 +198,15 @@ def _batch_forces(Y, heads, pos, p, noise, c_noise, mu, c_mu, exclude_cell, rho,
                 hx += fx
                 hy += fy
             for s in range(0 if loss_kind == 0 and kernel_kind == 0 else S):
-                dx, dy = yi0 - yn[s, 0], yi1 - yn[s, 1]
+                dx, dy = yi0 - yn[0, s], yi1 - yn[1, s]
                 d2 = dx * dx + dy * dy
                 q = qn[s]
                 g, v, dl = _noise_term(q, c_noise[h], loss_kind, alpha, inv_sum, nu, log_nu, with_value)
                 value[h] += v
                 d_lognu[h] += dl
                 w = 2.0 * g * _kernel_grad(d2, q, kernel_kind, a, b)
-                fn[s, 0] += w * dx
-                fn[s, 1] += w * dy
+                fn[0, s] += w * dx
+                fn[1, s] += w * dy
                 hx += w * dx
                 hy += w * dy
             for r in range(C):
@@ -200,25 +235,25 @@ def _batch_forces(Y, heads, pos, p, noise, c_noise, mu, c_mu, exclude_cell, rho,
             for j in range(K):
                 o = pos[h, j]
                 if lo <= o < hi:
-                    grad[o, 0] -= f_pos[h, j, 0]
-                    grad[o, 1] -= f_pos[h, j, 1]
+                    grad[o, 0] -= f_pos[h, 0, j]
+                    grad[o, 1] -= f_pos[h, 1, j]
         for grp in range(Bg if push_noise else 0):
             for s in range(S):
                 m = noise[grp, s]
                 if lo <= m < hi:
-                    grad[m, 0] -= f_noise[grp, s, 0]
-                    grad[m, 1] -= f_noise[grp, s, 1]
+                    grad[m, 0] -= f_noise[grp, 0, s]
+                    grad[m, 1] -= f_noise[grp, 1, s]
     return value, d_lognu
 
 
-batch_forces = numba.njit(parallel=True, fastmath=True, cache=True)(_batch_forces)
+batch_forces = numba.njit(parallel=True, fastmath=True, cache=True, error_model="numpy")(_batch_forces)
 #: the same kernel on one thread: small batches, where thread start-up costs more than it saves
-batch_forces_serial = numba.njit(fastmath=True, cache=True)(_batch_forces)
+batch_forces_serial = numba.njit(fastmath=True, cache=True, error_model="numpy")(_batch_forces)
 #: pairs per batch below which the serial kernel is used
 PARALLEL_MIN_PAIRS = 100_000
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def _forces(args, parallel, n_threads, push_noise, work, learn_nu, lr_nu, log_nu):
     """One step's :func:`batch_forces` (``args`` up to ``with_value``), parallel or serial;
     returns the mean loss per head and log(nu) after NCE's plain SGD step at ``lr_nu``."""
@@ -235,7 +270,7 @@ _M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
 _S30, _S27, _S31, _S11 = np.uint64(30), np.uint64(27), np.uint64(31), np.uint64(11)
 
 
-@numba.njit(inline="always")
+@numba.njit(inline="always", error_model="numpy")
 def _mix(x):
     """splitmix64's finaliser: a well-mixed 64-bit integer from a counter."""
     x = (x ^ (x >> _S30)) * _M1
@@ -243,7 +278,7 @@ def _mix(x):
     return x ^ (x >> _S31)
 
 
-@numba.njit(inline="always")
+@numba.njit(inline="always", error_model="numpy")
 def _uniform_int(counter, size):
     """An integer uniform in [0, size) from a counter (53 random bits)."""
     u = np.float64(_mix(counter) >> _S11) * (1.0 / 9007199254740992.0)
@@ -287,8 +322,8 @@ def _draw(heads, noise, c_noise, exclude, dom_lo, dom_n, head_cell, exclude_own,
                 noise[grp, s] = lo + _uniform_int(counter + np.uint64(s), size)
 
 
-draw = numba.njit(parallel=True, cache=True)(_draw)
-draw_serial = numba.njit(cache=True)(_draw)
+draw = numba.njit(parallel=True, cache=True, error_model="numpy")(_draw)
+draw_serial = numba.njit(cache=True, error_model="numpy")(_draw)
 
 
 def _sgd_rows(Y, velocity, grad, lr, momentum, clip):
@@ -305,11 +340,11 @@ def _sgd_rows(Y, velocity, grad, lr, momentum, clip):
             grad[i, d] = 0.0
 
 
-sgd_rows = numba.njit(parallel=True, cache=True)(_sgd_rows)
-sgd_rows_serial = numba.njit(cache=True)(_sgd_rows)
+sgd_rows = numba.njit(parallel=True, cache=True, error_model="numpy")(_sgd_rows)
+sgd_rows_serial = numba.njit(cache=True, error_model="numpy")(_sgd_rows)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def fused_epoch(Y, velocity, nbrs, p, dom_lo, dom_n, n_total, n_noise, S, G, B, lrs, momentum, clip,
                 mu, c_mu, head_cell, exclude_own, pool, rho, loss_kind, kernel_kind, alpha, log_nu,
                 learn_nu, lr_nu, a, b, seed, n_threads):
@@ -362,13 +397,13 @@ def _edge_batch(heads_e, tails_e, take, lo, heads, pos, noise, n, pool, base):
             noise[e, s] = tails_e[take[lo + r]] if pool else r
 
 
-edge_batch = numba.njit(parallel=True, cache=True)(_edge_batch)
-edge_batch_serial = numba.njit(cache=True)(_edge_batch)
+edge_batch = numba.njit(parallel=True, cache=True, error_model="numpy")(_edge_batch)
+edge_batch_serial = numba.njit(cache=True, error_model="numpy")(_edge_batch)
 
 
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def fused_edge_epoch(Y, velocity, heads_e, tails_e, take, m, B, lrs, momentum, clip, pool,
                      push_noise, rho, loss_kind, kernel_kind, alpha, log_nu, learn_nu, lr_nu,
                      a, b, seed, n_threads):

@@ -120,6 +120,11 @@ class ContrastiveEmbedding(EmbeddingMethod):
             come from the own cell (1, the paper) or also the n_probe - 1 nearest cells
             (higher recall; one device only, since neighbours may then cross devices);
             "auto" = 3 on one device (NP@10 +0.02-0.03 on MNIST and arXiv, README), 1 on several.
+        knn: where the kNN graph comes from: "cells" (the index's cells, ``n_probe`` of
+            them searched exactly), "faiss_ivf" (faiss's IVF index over all points,
+            ``ivf_nprobe`` of its 4 sqrt(n) lists searched; one device only) or "auto":
+            faiss_ivf on one device (higher recall in a third of the time, README "kNN
+            indexes"), cells on several.
         approximate: which cells enter as cell means ("none", "remote", "others").
         mean_refresh: "epoch" (paper, Figure 2) or "step" (reference code).
         mean_weight: "paper" (|M| p(m in r), eq. 4) or "reference" (1 per mean, the code).
@@ -169,6 +174,8 @@ class ContrastiveEmbedding(EmbeddingMethod):
         cell_size: int = 8192,
         max_cell_size: int | str = "auto",
         n_probe: int | str = "auto",
+        knn: str = "auto",
+        ivf_nprobe: int = 10,
         approximate: str | None = None,
         mean_refresh: str = "epoch",
         mean_weight: str = "paper",
@@ -211,6 +218,8 @@ class ContrastiveEmbedding(EmbeddingMethod):
         self.cell_size = cell_size
         self.max_cell_size = max_cell_size
         self.n_probe = n_probe
+        self.knn = knn
+        self.ivf_nprobe = ivf_nprobe
         self.approximate = approximate
         self.mean_refresh = mean_refresh
         self.mean_weight = mean_weight
@@ -253,6 +262,10 @@ class ContrastiveEmbedding(EmbeddingMethod):
             raise InputError(f"n_probe={self.n_probe} lets kNN edges cross cells, and so devices; with "
                              f"devices={self.devices} keep method.n_probe=1")
         _check_number("max_cell_size", self.max_cell_size, minimum=1, integer=True, auto=True)
+        _check_number("ivf_nprobe", self.ivf_nprobe, minimum=1, integer=True)
+        if self.knn == "faiss_ivf" and self.devices > 1:
+            raise InputError(f"knn=faiss_ivf lets kNN edges cross cells, and so devices; with "
+                             f"devices={self.devices} use method.knn=cells (or auto)")
         if self.clip_grad is not None:
             _check_number("clip_grad", self.clip_grad, minimum=0, strict=True)
         choices = {"p_model": ("inverse_rank", "uniform"), "aggregation": ("mean", "sum"),
@@ -260,7 +273,7 @@ class ContrastiveEmbedding(EmbeddingMethod):
                    "approximate": (None, "none", "remote", "others"),
                    "mean_refresh": ("epoch", "step"), "mean_weight": ("paper", "reference"),
                    "noise": ("uniform", "batch_neighbors"),
-                   "metric": ("euclidean", "inner_product"),
+                   "metric": ("euclidean", "inner_product"), "knn": ("auto", "cells", "faiss_ivf"),
                    "sampling": ("heads", "edges"), "graph": ("binary", "umap"),
                    "accelerator": ("auto", "cpu", "cuda")}
         for name, allowed in choices.items():
@@ -323,7 +336,8 @@ class ContrastiveEmbedding(EmbeddingMethod):
         with self._phase("knn"):
             self.index_, self.index_cached_ = build_index(
                 X, int(self.n_neighbors), n_cells=n_cells, max_cell_size=max_cell, metric=self.metric,
-                seed=self.random_state, cache_dir=self.cache_dir, n_probe=self._n_probe())
+                seed=self.random_state, cache_dir=self.cache_dir, n_probe=self._n_probe(), knn=self._knn(),
+                ivf_nprobe=int(self.ivf_nprobe))
         with self._phase("init"):
             Y0 = pca_init(X, self.init_scale, self.random_state)
         spec = self._train_spec(n, approximate)
@@ -354,6 +368,11 @@ class ContrastiveEmbedding(EmbeddingMethod):
         log.info("%s: n=%d, %d cells, %d devices (%s), %.0f bytes all-gathered per epoch per device",
                  type(self).__name__, n, self.n_cells_, self.devices, accelerator, self.bytes_per_epoch_)
         return Y
+
+    def _knn(self) -> str:
+        if self.knn == "auto":
+            return "faiss_ivf" if self.devices == 1 else "cells"
+        return self.knn
 
     def _n_probe(self) -> int:
         if self.n_probe == "auto":

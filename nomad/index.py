@@ -237,20 +237,27 @@ def build_index(
     seed: int = 0,
     cache_dir: str | os.PathLike | None = None,
     n_probe: int = 1,
+    knn: str = "cells",
+    ivf_nprobe: int = 10,
 ) -> tuple[CellIndex, bool]:
     """Build (or load from the cache) the K-means cell index of X.
 
     K-means is fit on a seeded subsample of at most ``fit_size`` rows (all of them when
-    n is smaller), then every row is assigned. Returns the index and whether it came
-    from the cache.
+    n is smaller), then every row is assigned. The neighbours come from the searched cells
+    (``knn="cells"``, :func:`cell_knn` with ``n_probe``) or from faiss's IVF index over all
+    rows (``knn="faiss_ivf"``, :func:`nomad.knn.ivf_knn` with ``ivf_nprobe``; they may then
+    cross cells). Returns the index and whether it came from the cache.
     """
     if metric not in ("euclidean", "inner_product"):
         raise ValueError(f"metric must be 'euclidean' or 'inner_product', got {metric!r}")
+    if knn not in ("cells", "faiss_ivf"):
+        raise ValueError(f"knn must be 'cells' or 'faiss_ivf', got {knn!r}")
     n = len(X)
     max_cell_size = max_cell_size or n
     path = None
     if cache_dir is not None:
-        params = (_INDEX_VERSION, k, n_cells, max_cell_size, metric, max_iter, tol, fit_size, seed, n_probe)
+        search = (n_probe,) if knn == "cells" else (knn, ivf_nprobe)
+        params = (_INDEX_VERSION, k, n_cells, max_cell_size, metric, max_iter, tol, fit_size, seed, *search)
         key = hashlib.blake2b(f"{data_key(X)}{params}".encode(), digest_size=12).hexdigest()
         path = Path(cache_dir) / "nomad_index" / f"{key}.npz"
         if path.exists():
@@ -273,7 +280,12 @@ def build_index(
         labels = np.zeros(n, dtype=np.int64)
     if labels.max() >= 0 and np.bincount(labels).max() > max_cell_size:
         labels = bound_cells(X, labels, max_cell_size, gen)
-    nbrs, dists = cell_knn(X, labels, k, metric, n_probe=n_probe)
+    if knn == "cells":
+        nbrs, dists = cell_knn(X, labels, k, metric, n_probe=n_probe)
+    else:
+        from .knn import ivf_knn
+
+        nbrs, dists = ivf_knn(X, k, metric=metric, seed=seed, nprobe=ivf_nprobe)
     idx = CellIndex(labels, nbrs, dists)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -77,11 +77,6 @@ def test_recall_counts_shared_neighbours_per_row() -> None:
     assert knn_bench.recall(approx, exact) == pytest.approx((2 / 4 + 4 / 4) / 2)
 
 
-def test_drop_self_removes_the_row_wherever_it_is_and_else_the_farthest() -> None:
-    indices = np.array([[0, 5, 6], [7, 1, 8], [9, 3, 4]])  # row 2: itself not listed (duplicates)
-    assert knn_bench.drop_self(indices, 2).tolist() == [[5, 6], [7, 8], [9, 3]]
-
-
 # --- the command -------------------------------------------------------------------------------
 
 

@@ -245,7 +245,7 @@ def test_cache_hit_returns_identical_arrays(mixture, tmp_path):
     assert len(files) == 1 and files[0].suffix == ".npz"  # no temp files left behind
 
 
-@pytest.mark.parametrize("change", ["k", "data", "n_cells", "seed", "dtype"])
+@pytest.mark.parametrize("change", ["k", "data", "n_cells", "seed", "dtype", "knn"])
 def test_cache_misses_when_data_or_parameters_change(mixture, tmp_path, change):
     X = mixture[0]
     build_index(X, 5, n_cells=4, cache_dir=tmp_path)
@@ -259,6 +259,8 @@ def test_cache_misses_when_data_or_parameters_change(mixture, tmp_path, change):
         kwargs["k"] = 6
     elif change == "n_cells":
         kwargs["n_cells"] = 3
+    elif change == "knn":
+        kwargs["knn"] = "faiss_ivf"
     else:
         kwargs["seed"] = 1
     k = kwargs.pop("k")
