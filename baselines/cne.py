@@ -206,6 +206,7 @@ class CNE(EmbeddingMethod):
         n_jobs = effective_n_jobs(self.n_jobs)
         self.n_features_in_ = X.shape[1]
         self.timings_ = {}
+        self.knn_index_ = {"annoy": "Annoy", "exact": "exact"}[self.knn]
 
         with self._phase("knn"):
             graph = knn_graph(X, self.n_neighbors, n_jobs, self.knn)

@@ -124,6 +124,7 @@ class OpenTSNE(EmbeddingMethod):
                 n_jobs=n_jobs,
                 random_state=self.random_state,
             )
+        self.knn_index_ = type(affinities.knn_index).__name__
 
         with self._phase("fit"):
             embedding = TSNEEmbedding(

@@ -105,6 +105,7 @@ class UMAP(EmbeddingMethod):
 
     def _embed(self, X: np.ndarray, n_jobs: int) -> np.ndarray:
         self.timings_ = {}
+        self.knn_index_ = "pynndescent"
 
         with self._phase("knn"):
             knn = nearest_neighbors(

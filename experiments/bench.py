@@ -9,7 +9,7 @@ temporary ``.npy``. Each method runs alone in a fresh spawned process, which mem
 input, builds the method with ``prepare`` and times ``fit_transform`` as the runner does (from the
 array to the 2-D embedding, kNN included, metrics excluded; nomad-projection sec. 4.1), so that
 the peak RSS is the method's own. The parent scores every embedding with :func:`metrics.evaluate`
-(same seed for all) and reports per method: kNN/index time, optimisation time (``init`` + ``fit``
+(same seed for all) and reports per method: the kNN search it used and its time, optimisation time (``init`` + ``fit``
 phases), total time, peak RSS, NP@k, RTA, kNN accuracy and the total time as a ratio to
 openTSNE's from the same run, under a header naming the hardware and the command. A method whose
 import fails (an optional peer not installed) is skipped with a note; one that raises is
@@ -60,6 +60,7 @@ REFERENCE = "opentsne"
 OPTIMISATION_PHASES = ("init", "fit")
 
 KNN, OPTIMISATION, TOTAL, RSS = "kNN/index (s)", "optimisation (s)", "total (s)", "peak RSS (GB)"
+KNN_INDEX = "kNN search"
 RTA, KNN_ACC, RATIO, NOTE = "RTA", "kNN acc", f"time / {REFERENCE}", "note"
 #: display format of the numeric columns (NP@k columns use the RTA format)
 FORMATS = {KNN: "{:.2f}", OPTIMISATION: "{:.2f}", TOTAL: "{:.2f}", RSS: "{:.2f}",
@@ -328,6 +329,7 @@ def _row(
     optimisation = [phases[p] for p in OPTIMISATION_PHASES if p in phases]
     return {
         **row,
+        KNN_INDEX: measured["knn_index"],
         KNN: phases.get("knn", np.nan),
         OPTIMISATION: sum(optimisation) if optimisation else np.nan,
         TOTAL: measured["time_total_s"],
@@ -365,6 +367,7 @@ def _measure(config: dict[str, Any], x_path: str, y_path: str) -> dict[str, Any]
     return {
         "time_total_s": time_total,
         "timings": dict(getattr(plan.method, "timings_", {})),
+        "knn_index": getattr(plan.method, "knn_index_", ""),
         "peak_rss_gb": peak_rss_gb,
     }
 
@@ -377,8 +380,9 @@ def _table(rows: list[dict[str, Any]]) -> pd.DataFrame:
     np_columns = sorted(
         (c for c in table.columns if c.startswith("NP@")), key=lambda c: int(c.removeprefix("NP@"))
     )
-    columns = ["method", "device", KNN, OPTIMISATION, TOTAL, RSS, *np_columns, RTA, KNN_ACC]
+    columns = ["method", "device", KNN_INDEX, KNN, OPTIMISATION, TOTAL, RSS, *np_columns, RTA, KNN_ACC]
     table = table.reindex(columns=[*columns, NOTE])
+    table[KNN_INDEX] = table[KNN_INDEX].fillna("")
     reference = table.loc[table["method"] == REFERENCE, TOTAL]
     if len(reference) and np.isfinite(reference.iloc[0]):
         table.insert(len(columns), RATIO, table[TOTAL] / reference.iloc[0])

@@ -5,7 +5,8 @@ A method takes all hyperparameters in ``__init__`` (no work there), and
 embedding, rows in input order. The wall time of each phase it went through is
 left in ``timings_`` (seconds, keys such as ``"knn"`` and ``"fit"``), covering
 all the work from the array in memory to the embedding (kNN / affinities
-included, metrics excluded).
+included, metrics excluded). Methods that search neighbours name the search in
+``knn_index_`` (e.g. ``"faiss IVF"``, ``"Annoy"``), which the benchmark table shows.
 """
 
 from __future__ import annotations

@@ -25,6 +25,11 @@ from .optimize import Comm, Shard, TrainSpec, train_shard
 
 log = logging.getLogger(__name__)
 
+#: above this many points one device searches the cell index (own cell only), not faiss's IVF:
+#: at 1M points IVF's training and per-list scans took 103-196 s against the cells' 63 s
+#: (README, "kNN indexes"), while at 70k IVF was the faster and more accurate one
+IVF_MAX_POINTS = 250_000
+
 
 def pca_init(X: np.ndarray, scale: float, seed: int) -> np.ndarray:
     """First two principal components, rescaled so that std(PC1) = ``scale``.
@@ -119,12 +124,13 @@ class ContrastiveEmbedding(EmbeddingMethod):
             the bound cells are split to ("auto" = 2 * n / n_cells); n_probe: kNN candidates
             come from the own cell (1, the paper) or also the n_probe - 1 nearest cells
             (higher recall; one device only, since neighbours may then cross devices);
-            "auto" = 3 on one device (NP@10 +0.02-0.03 on MNIST and arXiv, README), 1 on several.
+            "auto" = 3 on one device up to ``IVF_MAX_POINTS`` (NP@10 +0.02-0.03 on MNIST and
+            arXiv, README), else 1.
         knn: where the kNN graph comes from: "cells" (the index's cells, ``n_probe`` of
             them searched exactly), "faiss_ivf" (faiss's IVF index over all points,
             ``ivf_nprobe`` of its 4 sqrt(n) lists searched; one device only) or "auto":
-            faiss_ivf on one device (higher recall in a third of the time, README "kNN
-            indexes"), cells on several.
+            faiss_ivf on one device up to ``IVF_MAX_POINTS`` (at 70k higher recall in a
+            third of the time, README "kNN indexes"), cells otherwise.
         approximate: which cells enter as cell means ("none", "remote", "others").
         mean_refresh: "epoch" (paper, Figure 2) or "step" (reference code).
         mean_weight: "paper" (|M| p(m in r), eq. 4) or "reference" (1 per mean, the code).
@@ -333,10 +339,12 @@ class ContrastiveEmbedding(EmbeddingMethod):
         n_cells = auto_n_cells(n, self.cell_size) if self.n_cells == "auto" else int(self.n_cells)
         n_cells = max(n_cells, self.devices)
         max_cell = 2 * math.ceil(n / n_cells) if self.max_cell_size == "auto" else int(self.max_cell_size)
+        knn, n_probe = self._knn(n), self._n_probe(n)
+        self.knn_index_ = "faiss IVF" if knn == "faiss_ivf" else f"cells ({n_probe} probed)"
         with self._phase("knn"):
             self.index_, self.index_cached_ = build_index(
                 X, int(self.n_neighbors), n_cells=n_cells, max_cell_size=max_cell, metric=self.metric,
-                seed=self.random_state, cache_dir=self.cache_dir, n_probe=self._n_probe(), knn=self._knn(),
+                seed=self.random_state, cache_dir=self.cache_dir, n_probe=n_probe, knn=knn,
                 ivf_nprobe=int(self.ivf_nprobe))
         with self._phase("init"):
             Y0 = pca_init(X, self.init_scale, self.random_state)
@@ -369,14 +377,14 @@ class ContrastiveEmbedding(EmbeddingMethod):
                  type(self).__name__, n, self.n_cells_, self.devices, accelerator, self.bytes_per_epoch_)
         return Y
 
-    def _knn(self) -> str:
+    def _knn(self, n: int) -> str:
         if self.knn == "auto":
-            return "faiss_ivf" if self.devices == 1 else "cells"
+            return "faiss_ivf" if self.devices == 1 and n <= IVF_MAX_POINTS else "cells"
         return self.knn
 
-    def _n_probe(self) -> int:
+    def _n_probe(self, n: int) -> int:
         if self.n_probe == "auto":
-            return 3 if self.devices == 1 else 1
+            return 3 if self.devices == 1 and n <= IVF_MAX_POINTS else 1
         return int(self.n_probe)
 
     def _fit_parametric(self, X: np.ndarray, shard: Shard, spec: TrainSpec) -> np.ndarray:

@@ -112,6 +112,14 @@ def test_phase_times_add_up_to_at_most_the_total(report: bench.Report) -> None:
 
 
 @pytest.mark.slow
+def test_each_row_names_the_knn_search_its_method_used(report: bench.Report) -> None:
+    searches = dict(zip(report.table["method"], report.table[bench.KNN_INDEX]))
+    assert searches["nomad"] == "faiss IVF"  # the engine on one device below IVF_MAX_POINTS
+    assert searches["opentsne"] in ("Annoy", "BallTree", "NNDescent")  # openTSNE's "auto"
+    assert searches["pca"] == ""  # no kNN
+
+
+@pytest.mark.slow
 def test_times_are_relative_to_opentsne_from_the_same_run(report: bench.Report) -> None:
     table = report.table
     assert row(table, "opentsne")[bench.RATIO] == 1.0
@@ -219,7 +227,7 @@ def test_cne_match_gives_our_methods_the_settings_cne_runs_with():
         assert o.aggregation == t.loss_aggregation and o.init_scale == t.init_scale
         assert o.clip_grad == 4 and t.clip_grad is True  # cne clips each coordinate at 4
         assert cfg.method_overrides[theirs].early_exaggeration is False
-        assert cfg.method_overrides[theirs].knn == "exact" and o.n_probe >= 64  # one graph
+        assert cfg.method_overrides[theirs].knn == "exact" and o.knn == "cells" and o.n_probe >= 64  # one graph
     assert cne["cne_neg"].loss_mode == "neg" and cne["cne_neg"].s == neg.s
 
 

@@ -9,6 +9,7 @@ from sklearn.neighbors import NearestNeighbors
 
 from nebench.errors import InputError
 from nomad import NOMAD
+from nomad.engine import IVF_MAX_POINTS
 from nomad.index import build_index
 from nomad.knn import drop_self, ivf_knn
 
@@ -77,9 +78,12 @@ def test_build_index_takes_the_ivf_graph_and_keeps_the_cells(blobs):
         build_index(blobs, 8, n_cells=4, knn="hnsw")
 
 
-def test_engine_uses_ivf_on_one_device_and_cells_on_several():
-    assert NOMAD()._knn() == "faiss_ivf"
-    assert NOMAD(devices=2)._knn() == "cells"
+def test_engine_uses_ivf_on_one_device_up_to_its_size_limit_and_cells_otherwise():
+    assert NOMAD()._knn(IVF_MAX_POINTS) == "faiss_ivf"
+    assert NOMAD()._knn(IVF_MAX_POINTS + 1) == "cells"
+    assert (NOMAD()._n_probe(10_000), NOMAD()._n_probe(IVF_MAX_POINTS + 1)) == (3, 1)
+    assert NOMAD(devices=2)._knn(10_000) == "cells"
+    assert NOMAD(knn="cells")._knn(10_000) == "cells"
     with pytest.raises(InputError, match="knn=cells"):
         NOMAD(devices=2, knn="faiss_ivf")._check_params()
     with pytest.raises(InputError, match="method.knn"):
