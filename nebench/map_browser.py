@@ -1,0 +1,92 @@
+"""Open map pages in headless Chromium, offline: screenshots and the page's own self-test.
+
+Used by the tests (``tests/test_map.py``), the frame-time benchmark (``experiments/map_bench.py``)
+and the README gallery. Chromium draws WebGL without a GPU through SwiftShader
+(``--use-gl=swiftshader --enable-unsafe-swiftshader``); every network feature is switched off and
+each call gets a fresh profile directory. A page opened with ``#selftest`` (or ``#bench=N``) runs
+synthetic hover, legend, lasso, zoom and pan events through its own handlers and writes the result
+as JSON into ``<pre id="nebench-result">``, which ``--dump-dom`` returns.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+import shutil
+import subprocess
+import tempfile
+from os import PathLike
+from pathlib import Path
+
+#: names the Debian, Ubuntu and Google packages install
+BINARIES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--use-gl=swiftshader",
+    "--enable-unsafe-swiftshader",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-default-apps",
+    "--disable-extensions",
+    "--no-first-run",
+    "--no-default-browser-check",
+    "--hide-scrollbars",
+)
+_RESULT = re.compile(r'<pre id="nebench-result"[^>]*>(.*?)</pre>', re.DOTALL)
+
+
+def find_chromium() -> str | None:
+    """The path of a Chromium binary, or None (install it: ``apt-get install -y chromium``)."""
+    for name in BINARIES:
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+def _run(args: list[str], timeout: float) -> subprocess.CompletedProcess:
+    binary = find_chromium()
+    if binary is None:
+        raise RuntimeError("no Chromium found: install it with `apt-get install -y chromium`")
+    with tempfile.TemporaryDirectory(prefix="nebench-chromium-") as profile:
+        return subprocess.run(
+            [binary, *FLAGS, f"--user-data-dir={profile}", *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+
+def screenshot(page: str | PathLike, png: str | PathLike, width: int = 1200, height: int = 800,
+               timeout: float = 120) -> Path:
+    """Render ``page`` (a local file) to ``png``; raises when Chromium writes no image."""
+    png = Path(png).resolve()
+    proc = _run(
+        [f"--window-size={width},{height}", "--virtual-time-budget=5000",
+         f"--screenshot={png}", Path(page).resolve().as_uri()],
+        timeout,
+    )
+    if not png.is_file():
+        raise RuntimeError(f"Chromium wrote no screenshot (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
+    return png
+
+
+def page_result(page: str | PathLike, fragment: str = "selftest", width: int = 1200,
+                height: int = 800, timeout: float = 300) -> dict:
+    """Open ``page#fragment`` and return the JSON its script wrote into ``#nebench-result``."""
+    proc = _run(
+        [f"--window-size={width},{height}", "--virtual-time-budget=5000", "--dump-dom",
+         f"{Path(page).resolve().as_uri()}#{fragment}"],
+        timeout,
+    )
+    match = _RESULT.search(proc.stdout)
+    if not match:
+        raise RuntimeError(
+            f"the page wrote no #nebench-result (exit {proc.returncode}); Chromium said:\n"
+            f"{proc.stderr[-3000:]}"
+        )
+    return json.loads(html.unescape(match.group(1)))
