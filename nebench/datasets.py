@@ -96,11 +96,13 @@ def _npz(
     file: str,
     subset: str | None = None,
     image_shape: list[int] | None = None,
+    text_key: str | None = "text",
 ) -> Dataset:
-    """A documented ``.npz`` archive under ``data_dir`` (keys X, y, n_train, label_names)."""
+    """A documented ``.npz`` archive under ``data_dir`` (keys X, y, n_train, label_names, and
+    ``text_key``: one string per row, shown by the run's map when hovering a point)."""
     path = files.resolve(file, data_dir)
     files.require_file(path, "file")
-    ds = files.read_npz(path, name, subset)
+    ds = files.read_npz(path, name, subset, text_key)
     ds.image_shape = None if image_shape is None else tuple(image_shape)
     return ds
 
@@ -114,18 +116,23 @@ def _vectors(
     column: str = "embedding",
     label_column: str | None = None,
     image_shape: list[int] | None = None,
+    text_column: str | None = None,
 ) -> Dataset:
     """Bring-your-own vectors: ``.npy`` (memory-mapped), ``.npz`` or ``.parquet``; rows that
-    are flattened images carry their ``image_shape`` ([H, W] or [H, W, C], for image methods)."""
+    are flattened images carry their ``image_shape`` ([H, W] or [H, W, C], for image methods).
+    Hover text for the run's map: an ``.npz``'s ``text`` key, a ``.parquet``'s ``text_column``."""
     p = files.resolve(path, data_dir)
     files.require_file(p, "path")
     suffix = p.suffix.lower()
+    if text_column is not None and suffix != ".parquet":
+        raise InputError(f"dataset.text_column is for .parquet files; {p.name} is {suffix}: set "
+                         "dataset.text_column=null (an .npz carries its hover text under key text)")
     if suffix == ".npy":
         ds = files.read_npy(p, name)
     elif suffix == ".npz":
         ds = files.read_npz(p, name)
     elif suffix == ".parquet":
-        ds = files.read_parquet(p, name, column, label_column)
+        ds = files.read_parquet(p, name, column, label_column, text_column)
     else:
         raise InputError(
             f"dataset.path={p} has an unknown file type {p.suffix!r}: give a .npy, .npz or "

@@ -8,6 +8,7 @@ the embedding and writes the run contract into the Hydra run dir:
 * ``config.yaml``: the resolved config;
 * ``embedding.npy``: n x 2 float32, rows in dataset order;
 * ``embedding.png``: scatter plot coloured by label (density-shaded for large n);
+* ``embedding.html``: interactive offline map (pan, zoom, hover, selection; ``nebench.map``);
 * ``loss_log.csv``: only for methods that log losses per epoch (``umap_loss`` with
   ``sampling=edges loss_log_every=N``: purported, effective and actual loss, umap-true-loss);
 * ``metrics.json``: flat metrics, ``time_total_s``, ``time_<phase>_s``, ``time_metrics_s``
@@ -48,13 +49,14 @@ from nebench.devices import resolve_devices
 from nebench.errors import InputError
 from nebench.io import atomic_open
 from nebench.method import EmbeddingMethod
+from nebench.map import write_map
 from nebench.plotting import plot_embedding
 from nebench.results import append_row, check_results_path, code_version, timestamp
 
 log = logging.getLogger(__name__)
 
 #: files that only a successful run leaves (removed when a run fails)
-RESULT_FILES = ("embedding.npy", "embedding.png", "metrics.json", "loss_log.csv")
+RESULT_FILES = ("embedding.npy", "embedding.png", "embedding.html", "metrics.json", "loss_log.csv")
 ERROR_FILE = "error.txt"
 #: method config keys that are not constructor arguments
 CONFIG_KEYS = ("name", "_target_")
@@ -227,6 +229,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
             pd.DataFrame(loss_log).to_csv(f, index=False)
     title = f"{plan.name} on {data.name} (n={n:,}, seed {cfg.seed}, {time_total:.1f} s)"
     plot_embedding(Y, out_dir / "embedding.png", data.y, data.label_names, title)
+    write_map(Y, out_dir / "embedding.html", data.y, data.label_names, data.text, title, data.name)
     with atomic_open(out_dir / "metrics.json", "w") as f:
         json.dump(metrics, f, indent=2)
     log.info("result:\n%s", result_table(plan.name, data.name, metrics))

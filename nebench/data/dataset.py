@@ -16,7 +16,8 @@ class Dataset:
     unlabelled points, or is None for a set without labels. The first ``n_train`` rows are the
     train split (``n_train == n`` when there is no split). ``label_names[k]`` names label ``k``.
     ``image_shape`` is the shape of one image when each row of ``X`` is a flattened image, and
-    None otherwise (so it is dropped once PCA has replaced the pixels).
+    None otherwise (so it is dropped once PCA has replaced the pixels). ``text`` holds one
+    string per row (shown when hovering a point of the run's ``embedding.html``), or is None.
     """
 
     X: np.ndarray
@@ -25,6 +26,7 @@ class Dataset:
     name: str
     label_names: list[str] | None = None
     image_shape: tuple[int, ...] | None = None
+    text: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.n_train = int(self.n_train)

@@ -61,10 +61,13 @@ def read_npy(path: Path, name: str) -> Dataset:
     return Dataset(X=X, y=None, n_train=len(X) if X.ndim else 0, name=name)
 
 
-def read_npz(path: Path, name: str, subset: str | None = None) -> Dataset:
-    """An ``.npz`` archive with ``X`` and optional ``y``, ``n_train``, ``label_names``; with
+def read_npz(
+    path: Path, name: str, subset: str | None = None, text_key: str | None = "text"
+) -> Dataset:
+    """An ``.npz`` archive with ``X`` and optional ``y``, ``n_train``, ``label_names`` and
+    ``text_key`` (one string per row, for the map's hover; default key ``text``); with
     ``subset`` the rows listed by that key's index array (e.g. mammoth's ``subset10k``)."""
-    wanted = {"X", "y", "n_train", "label_names", subset}
+    wanted = {"X", "y", "n_train", "label_names", subset, text_key}
     try:
         archive = np.load(path, allow_pickle=False)
     except _READ_ERRORS as err:
@@ -96,6 +99,11 @@ def read_npz(path: Path, name: str, subset: str | None = None) -> Dataset:
         name=name,
         label_names=list(arrays["label_names"]) if "label_names" in arrays else None,
     )
+    if text_key is not None and text_key in arrays:
+        ds.text = _text(arrays[text_key], n, path, f"key {text_key!r}")
+    elif text_key not in (None, "text"):
+        raise InputError(f"{path} has no key {text_key!r} for dataset.text_key (keys: "
+                         f"{', '.join(keys)}): set dataset.text_key=null or to one of those keys")
     if subset is None:
         return ds
     idx = arrays[subset]
@@ -107,9 +115,12 @@ def read_npz(path: Path, name: str, subset: str | None = None) -> Dataset:
     return take_rows(ds, idx)
 
 
-def read_parquet(path: Path, name: str, column: str, label_column: str | None) -> Dataset:
+def read_parquet(
+    path: Path, name: str, column: str, label_column: str | None, text_column: str | None = None
+) -> Dataset:
     """A parquet table: embeddings (one list/array per row) in ``column``; integer or string
-    labels in ``label_column`` (strings become ids into ``label_names``; nulls become -1)."""
+    labels in ``label_column`` (strings become ids into ``label_names``; nulls become -1);
+    hover text for the map in ``text_column`` (nulls become empty)."""
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
@@ -118,14 +129,16 @@ def read_parquet(path: Path, name: str, column: str, label_column: str | None) -
         names = pq.read_schema(path).names
     except (*_READ_ERRORS, pa.ArrowException) as err:
         raise _unreadable(path, err) from err
-    for key, col in (("column", column), ("label_column", label_column)):
+    for key, col in (("column", column), ("label_column", label_column), ("text_column", text_column)):
         if col is not None and col not in names:
             raise InputError(
                 f"{path} has no column {col!r} (columns: {', '.join(names)}): "
                 f"set dataset.{key}=<one of those columns>"
             )
     try:
-        table = pq.read_table(path, columns=[c for c in (column, label_column) if c is not None])
+        table = pq.read_table(
+            path, columns=list(dict.fromkeys(c for c in (column, label_column, text_column) if c))
+        )
     except (*_READ_ERRORS, pa.ArrowException) as err:
         raise _unreadable(path, err) from err
     emb = table.column(column).combine_chunks()
@@ -155,7 +168,12 @@ def read_parquet(path: Path, name: str, column: str, label_column: str | None) -
             enc = pc.dictionary_encode(lab.cast(pa.string()))
             y = np.asarray(pc.fill_null(enc.indices, -1)).astype(np.int64)
             label_names = enc.dictionary.to_pylist()
-    return Dataset(X=X, y=y, n_train=len(X), name=name, label_names=label_names)
+    text = None
+    if text_column is not None:
+        text = np.array(
+            ["" if t is None else str(t) for t in table.column(text_column).to_pylist()], dtype=object
+        )
+    return Dataset(X=X, y=y, n_train=len(X), name=name, label_names=label_names, text=text)
 
 
 def take_rows(ds: Dataset, idx: np.ndarray) -> Dataset:
@@ -168,6 +186,7 @@ def take_rows(ds: Dataset, idx: np.ndarray) -> Dataset:
         name=ds.name,
         label_names=ds.label_names,
         image_shape=ds.image_shape,
+        text=None if ds.text is None else ds.text[idx],
     )
 
 
@@ -178,6 +197,16 @@ def _labels(y: np.ndarray, n: int, path: Path) -> np.ndarray:
             f"per row of X (shape ({n},), -1 = unlabelled): fix y or drop it from the file"
         )
     return y.astype(np.int64, copy=False)
+
+
+def _text(text: np.ndarray, n: int, path: Path, what: str) -> np.ndarray:
+    if text.shape != (n,) or text.dtype.kind not in "US":
+        raise InputError(
+            f"{path}: {what} has shape {text.shape} and dtype {text.dtype}, but must hold one "
+            f"string per row of X (shape ({n},), e.g. np.array(titles, dtype=str)): fix it or "
+            f"drop it from the file"
+        )
+    return text
 
 
 def _n_train(value: np.ndarray | None, n: int, path: Path) -> int:
