@@ -1,9 +1,9 @@
 """The authors' t-SimCNE package (``tsimcne``, Böhm, Berens & Kobak, ICLR 2023) as a harness
-method: a cross-check for :class:`nomad.tsimcne.TSimCNE`.
+method: a cross-check for :class:`tsimcne_lite.TSimCNE`.
 
 ``tsimcne.TSimCNE`` trains on a torch ``Dataset`` of PIL images with torchvision augmentations
 and PyTorch Lightning; this adapter turns the rows of X (flattened ``(H, W)`` or ``(H, W, C)``
-images, the convention of :mod:`nomad.tsimcne`) into such a dataset (grayscale images as RGB,
+images, the convention of :mod:`tsimcne_lite`) into such a dataset (grayscale images as RGB,
 since the package's ResNet takes three channels) and passes the stage epochs, batch size and
 backbone; everything else keeps the package's defaults (SGD, lr 0.03 b / 256 per stage
 [1, 1, 1/1000], warm-up [10, 0, 10], clipping at 4). ``transform`` embeds new images.

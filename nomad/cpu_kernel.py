@@ -2,9 +2,13 @@
 
 On CPU, the torch path spends its time in ~40 small passes over (B, k+S, 2) tensors and
 in ``index_add_``; this kernel computes each head's forces in registers, in parallel
-over heads, then scatters them serially (no write conflicts, so the result equals the
-torch path's batch gradient up to float rounding). The samples (heads, noise) still
-come from torch, so both paths see the same random stream.
+over heads, then scatters them in parallel too, each thread owning a block of rows and
+visiting the forces in serial order (no write conflicts, the same sum for any thread count,
+equal to the torch path's batch gradient up to float rounding). One step
+(:func:`batch_forces`, used when cell means are refreshed every step) takes its heads and
+noise from torch's generator; a whole epoch (:func:`fused_epoch`, :func:`fused_edge_epoch`)
+draws them itself from a counter-based generator (:func:`_draw`), so the compiled epoch and
+the torch loop draw from the same distributions but not the same random stream.
 
 Force on head i from another point o (positive, noise sample or cell mean):
 ``dL/dy_i += 2 (dL/dq_io) (dq/dd^2)(y_i - y_o)``, and the opposite on o (not on means).
@@ -310,7 +314,9 @@ def _draw(heads, noise, c_noise, exclude, dom_lo, dom_n, head_cell, exclude_own,
             i = first if h == grp * G else lo + _uniform_int(counter + np.uint64(h - grp * G), size)
             heads[h] = i
             exclude[h] = head_cell[i] if exclude_own else -1
-            c_noise[h] = n_noise / S if pool else n_noise * size / n_total / S
+            # the pool stands for the head's domain as uniform draws would: weight |M| p(m in D) / S,
+            # so that pool and cell means together weigh |M| (eq. 4)
+            c_noise[h] = n_noise * size / n_total / S
     for grp in numba.prange(Bg):
         counter = base + np.uint64(grp) * stride + np.uint64(G)
         lo, size = dom_lo[heads[grp * G]], dom_n[heads[grp * G]]

@@ -27,7 +27,7 @@ import torch
 from scipy import sparse
 
 from .losses import UMAPLoss
-from .optimize import Comm, Shard, TrainSpec, _lr_factor, _rho, _ShardTrainer
+from .optimize import LR_LOG_Z, Comm, Shard, TrainSpec, _lr_factor, _rho, _ShardTrainer
 from .true_loss import attraction, repulsion, umap_losses
 
 
@@ -154,6 +154,7 @@ class EdgeTrainer(_ShardTrainer):
                 part = extra[k::steps]
                 self._repel(g.heads[part], g.tails[part], grad)
             first = value / max(len(batch), 1) if k == 0 else first
+            g_params = {q: g * scale for q, g in g_params.items()}  # log Z: aggregated as positions
             self._sgd(grad, g_params, spec.learning_rate * scale
                       * _lr_factor(spec, (epoch + k / steps) / spec.n_epochs))
         return first
@@ -174,8 +175,8 @@ class EdgeTrainer(_ShardTrainer):
             self.Y.data.numpy(), self._velocity, *self._ends, take, self.m, spec.batch_size, lrs,
             float(spec.momentum), float(spec.clip_grad or 0.0), spec.noise == "batch_neighbors",
             self.push_noise, float(rho), loss_kind, kernel_kind, float(alpha),
-            math.log(nu) if nu > 0 else 0.0, learn_nu, 1e-3, float(a), float(b),
-            (spec.seed * 1_000_003 + epoch) % (2**32), numba.get_num_threads())
+            math.log(nu) if nu > 0 else 0.0, learn_nu, LR_LOG_Z * self.aggregation_scale(), float(a),
+            float(b), (spec.seed * 1_000_003 + spec.first_epoch + epoch) % (2**32), numba.get_num_threads())
         if learn_nu:
             loss_fn.log_z.data.fill_(log_nu - math.log(loss_fn.m))
         return float(value)
@@ -207,22 +208,23 @@ class EdgeTrainer(_ShardTrainer):
 
     def _train(self) -> np.ndarray:
         spec = self.spec
-        for epoch in range(spec.n_epochs):
+        bar = self.progress()
+        for epoch in bar:
             logged = self.log_every > 0 and ((epoch + 1) % self.log_every == 0 or epoch == 0)
             record = {"edges": [], "noise": [], "extra": []} if logged else None
             with torch.no_grad():
                 value = self._epoch(epoch, _rho(spec, epoch), record)
                 if logged:
                     self._log(epoch, record)
-            spec.loss_history.append(value)
-            if not math.isfinite(value):
-                raise FloatingPointError(f"loss became {value} at epoch {epoch}: lower method.learning_rate")
-        return self.Y.detach().cpu().numpy()
+            if self.after_epoch(bar, epoch, value):
+                break
+        bar.close()
+        return self.embedding()
 
 
 def check_edge_options(loss, correct_repulsion: bool, loss_log_every: int) -> None:
     """The correction and the loss logs are defined for UMAP's loss only."""
-    from nebench.errors import InputError
+    from .errors import InputError
 
     if (correct_repulsion or loss_log_every) and not isinstance(loss, UMAPLoss):
         raise InputError("correct_repulsion and loss_log_every are defined for UMAP's loss "

@@ -7,19 +7,21 @@ sampling, the optimiser, the schedule and the devices are all here.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 from typing import ClassVar
 
 import numpy as np
 import torch
-
-from nebench.errors import InputError
-from nebench.method import EmbeddingMethod
+from sklearn.base import BaseEstimator
 
 from . import distributed
 from .affinities import p_ji
-from .index import CellIndex, auto_n_cells, build_index
+from .base import EmbeddingMethod
+from .checks import check_data
+from .errors import InputError
+from .index import CellIndex, auto_n_cells, build_index, precomputed_index
 from .losses import ContrastiveLoss
 from .optimize import Comm, Shard, TrainSpec, train_shard
 
@@ -35,7 +37,8 @@ def pca_init(X: np.ndarray, scale: float, seed: int) -> np.ndarray:
     """First two principal components, rescaled so that std(PC1) = ``scale``.
 
     PCA initialisation improves global structure (nomad-projection sec. 3.4, citing
-    Wang et al.); the scale follows openTSNE/TorchDR (std 1e-4) unless told otherwise.
+    Wang et al.). The engine's ``init_scale`` default is 1.0 (std of PC1 = 1); openTSNE,
+    TorchDR and the reference code start at std 1e-4, which ``init_scale=1e-4`` reproduces.
     """
     from sklearn.decomposition import PCA
 
@@ -94,8 +97,29 @@ def _check_number(name: str, value, *, minimum: float, integer: bool = False, au
         raise InputError(f"method.{name}={value!r} is invalid: it must be {kind} {bound}{extra}")
 
 
-class ContrastiveEmbedding(EmbeddingMethod):
+def resolve_seed(random_state) -> int:
+    """The integer seed of a run: ``random_state`` itself, or one drawn from it (a
+    ``np.random.RandomState``) or from fresh entropy (``None``), as scikit-learn allows."""
+    if isinstance(random_state, (int, np.integer)) and not isinstance(random_state, bool):
+        if random_state < 0:
+            raise InputError(f"random_state={random_state} is negative: give a seed >= 0 or None")
+        return int(random_state)
+    if random_state is None or isinstance(random_state, np.random.RandomState):
+        from sklearn.utils import check_random_state
+
+        return int(check_random_state(random_state).randint(2**31 - 1))
+    raise InputError(f"random_state={random_state!r} is invalid: give an integer seed, None or a "
+                     "numpy RandomState")
+
+
+class ContrastiveEmbedding(EmbeddingMethod, BaseEstimator):
     """Contrastive neighbour embedding on NOMAD's cell index (shared engine).
+
+    A scikit-learn estimator: ``fit(X)`` returns the model with ``embedding_``,
+    ``fit_transform(X)`` the embedding, ``transform(X_new)`` places new points into the fitted
+    map, ``optimize(n_epochs)`` continues training; ``get_params``/``set_params``/``clone`` see
+    every parameter below; a fitted model pickles. "auto" values are resolved at fit time
+    and recorded: ``random_state_``, ``learning_rate_``, ``batch_size_``, ``noise_samples_``.
 
     Parameters common to every engine method:
         n_neighbors: k of the kNN graph.
@@ -119,7 +143,8 @@ class ContrastiveEmbedding(EmbeddingMethod):
         early_exaggeration, early_exaggeration_epochs, late_exaggeration,
         late_exaggeration_time: attraction multipliers (1 = off).
         clip_grad: clip each gradient coordinate of the summed loss (cne, UMAP: 4).
-        init: "pca"; init_scale: std of PC1 after rescaling.
+        init: "pca", or an (n, 2) array of starting positions (used as given);
+            init_scale: std of PC1 after rescaling ("pca" only).
         n_cells: K-means cells ("auto" = one per ``cell_size`` points); max_cell_size:
             the bound cells are split to ("auto" = 2 * n / n_cells); n_probe: kNN candidates
             come from the own cell (1, the paper) or also the n_probe - 1 nearest cells
@@ -140,6 +165,13 @@ class ContrastiveEmbedding(EmbeddingMethod):
         accelerator ("cpu"/"cuda"/"auto"), devices: where to train; devices > 1 runs
             one process per device.
         cache_dir: where the index is cached (None: no cache).
+        callbacks: a callable or a list of them, each called after every epoch as
+            ``callback(epoch, loss, embedding)`` (embedding: (n, 2), input order; loss: the
+            epoch's first batch's mean per head); one returning True stops training (openTSNE's
+            convention). One device only.
+        random_state: an integer seed, None (fresh entropy) or a numpy RandomState.
+        verbose: tqdm bars and log lines for the index build, the kNN search and the epochs
+            (with the current loss).
         parametric: train an MLP encoder (widths ``hidden``) with Adam instead of free
             positions ("auto" learning rate 1e-3, cne); ``transform`` then embeds new points.
         sampling: "heads" (NOMAD: draw heads, each brings its k neighbours) or "edges"
@@ -174,7 +206,7 @@ class ContrastiveEmbedding(EmbeddingMethod):
         late_exaggeration: float = 1.0,
         late_exaggeration_time: float = 1.0,
         clip_grad: float | None = None,
-        init: str = "pca",
+        init: str | np.ndarray = "pca",
         init_scale: float = 1.0,
         n_cells: int | str = "auto",
         cell_size: int = 8192,
@@ -198,7 +230,8 @@ class ContrastiveEmbedding(EmbeddingMethod):
         correct_repulsion: bool = False,
         loss_log_every: int = 0,
         loss_log_pairs: int = 10**8,
-        random_state: int = 0,
+        callbacks=None,
+        random_state: int | np.random.RandomState | None = 0,
         verbose: bool = False,
     ):
         self.n_neighbors = n_neighbors
@@ -242,8 +275,23 @@ class ContrastiveEmbedding(EmbeddingMethod):
         self.correct_repulsion = correct_repulsion
         self.loss_log_every = loss_log_every
         self.loss_log_pairs = loss_log_pairs
+        self.callbacks = callbacks
         self.random_state = random_state
         self.verbose = verbose
+
+    @classmethod
+    def _get_param_names(cls) -> list[str]:
+        """Every keyword of every ``__init__`` up the class tree: a method's own (``s``,
+        ``min_dist``) and the engine's it passes on through ``**kwargs`` (scikit-learn reads
+        only the class's own signature, which would lose the engine's to ``clone``)."""
+        names: set[str] = set()
+        for klass in cls.__mro__:
+            init = klass.__dict__.get("__init__")
+            if init is None or klass is object:
+                continue
+            names.update(name for name, p in inspect.signature(init).parameters.items()
+                         if name != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL))
+        return sorted(names)
 
     # -- what subclasses vary ---------------------------------------------------------------
     def _make_loss(self, n: int) -> ContrastiveLoss:  # pragma: no cover - interface
@@ -275,7 +323,7 @@ class ContrastiveEmbedding(EmbeddingMethod):
         if self.clip_grad is not None:
             _check_number("clip_grad", self.clip_grad, minimum=0, strict=True)
         choices = {"p_model": ("inverse_rank", "uniform"), "aggregation": ("mean", "sum"),
-                   "lr_schedule": ("linear", "reference", "constant"), "init": ("pca",),
+                   "lr_schedule": ("linear", "reference", "constant"),
                    "approximate": (None, "none", "remote", "others"),
                    "mean_refresh": ("epoch", "step"), "mean_weight": ("paper", "reference"),
                    "noise": ("uniform", "batch_neighbors"),
@@ -286,6 +334,15 @@ class ContrastiveEmbedding(EmbeddingMethod):
             if getattr(self, name) not in allowed:
                 raise InputError(f"method.{name}={getattr(self, name)!r} is invalid: choose one of "
                                  f"{[a for a in allowed if a is not None]}")
+        if isinstance(self.init, str) and self.init != "pca":
+            raise InputError(f"method.init={self.init!r} is invalid: use 'pca' or an (n, 2) array")
+        if self.callbacks is not None:
+            callbacks = self.callbacks if isinstance(self.callbacks, (list, tuple)) else [self.callbacks]
+            if not all(callable(cb) for cb in callbacks):
+                raise InputError("callbacks must be a callable or a list of callables "
+                                 "callback(epoch, loss, embedding)")
+            if self.devices > 1:
+                raise InputError("callbacks run on one device: drop them or set devices=1")
         _check_number("loss_log_every", self.loss_log_every, minimum=0, integer=True)
         _check_number("loss_log_pairs", self.loss_log_pairs, minimum=1, integer=True)
         if self.sampling == "edges":
@@ -306,10 +363,11 @@ class ContrastiveEmbedding(EmbeddingMethod):
         if self.devices > 1 and not self.multi_device:
             raise InputError(f"devices={self.devices}: {type(self).__name__} runs on one device (its "
                              "noise is uniform over all points); use method=nomad for several devices")
+        if (self.approximate or self._default_approximate) == "none" and self.devices > 1:
+            raise InputError("approximate='none' keeps all noise exact, which needs every point on one "
+                             "device: use approximate='remote' with several devices")
 
     def _check_data(self, X: np.ndarray) -> None:
-        from nebench.datasets import check_data
-
         check_data(X, min_points=self.n_neighbors + 1)
         if self.metric == "inner_product":
             norms = np.linalg.norm(np.asarray(X[:1000], dtype=np.float32), axis=1)
@@ -326,16 +384,57 @@ class ContrastiveEmbedding(EmbeddingMethod):
         return self.accelerator
 
     # -- the pipeline ---------------------------------------------------------------------------
-    def fit_transform(self, X: np.ndarray) -> np.ndarray:
+    def fit(self, X: np.ndarray, y=None, *, knn_graph=None) -> ContrastiveEmbedding:
+        """Embed X: kNN graph -> initial positions -> ``n_epochs`` of SGD; returns ``self``
+        with ``embedding_`` (n, 2), rows in input order.
+
+        ``knn_graph`` skips the search: ``(indices, distances)`` of shape (n, >= k) in
+        ascending distance, or a sparse (n, n) matrix of distances with at least k stored
+        entries a row; entries of a point to itself are dropped, the k nearest others kept.
+        ``y`` is ignored (scikit-learn's signature)."""
         self._check_params()
         self._check_data(X)
-        self.timings_ = {}
         n = len(X)
-        accelerator = self._resolve_accelerator()
-        approximate = self.approximate or self._default_approximate
-        if approximate == "none" and self.devices > 1:
-            raise InputError("approximate='none' keeps all noise exact, which needs every point on one "
-                             "device: use approximate='remote' with several devices")
+        if knn_graph is not None and self.devices > 1:
+            raise InputError("a precomputed knn_graph may link any two points, but several devices need "
+                             "every kNN edge inside a cell: use devices=1, or let the engine search")
+        Y0 = self._check_init(n)
+        self.timings_ = {}
+        seed = self.random_state_ = resolve_seed(self.random_state)
+        if knn_graph is not None:
+            self.index_ = precomputed_index(knn_graph, n, int(self.n_neighbors))
+            self.index_cached_, self.knn_index_ = False, "precomputed"
+        else:
+            self._build_index(X, seed)
+        if Y0 is None:
+            with self._phase("init"):
+                Y0 = pca_init(X, self.init_scale, seed)
+        self.loss_, self.loss_history_, self.n_epochs_ = self._make_loss(n), [], 0
+        self.encoder_ = None
+        self._fit_X = X  # kept by reference for transform (kNN of new points) and optimize
+        self._run(X, Y0, int(self.n_epochs), None, self.early_exaggeration_epochs)
+        return self
+
+    def fit_transform(self, X: np.ndarray, y=None, *, knn_graph=None) -> np.ndarray:
+        """``fit(X).embedding_``."""
+        return self.fit(X, knn_graph=knn_graph).embedding_
+
+    def optimize(self, n_epochs: int, *, learning_rate: float | None = None) -> ContrastiveEmbedding:
+        """Continue optimising a fitted model for ``n_epochs`` more epochs from ``embedding_``
+        (openTSNE's ``optimize``): the same kNN graph, loss (NCVis keeps its learned Z) and
+        options, the learning rate (the fitted one unless given) decayed over these epochs by
+        ``lr_schedule``, no early exaggeration. The encoder of a parametric model continues
+        training. Returns ``self`` with the new ``embedding_``; ``loss_history_`` grows."""
+        self._check_fitted("optimize")
+        _check_number("n_epochs", n_epochs, minimum=1, integer=True)
+        if learning_rate is not None:
+            _check_number("learning_rate", learning_rate, minimum=0, strict=True)
+        self._check_params()
+        self._run(self._fit_X, self.embedding_, int(n_epochs), learning_rate, 0)
+        return self
+
+    def _build_index(self, X: np.ndarray, seed: int) -> None:
+        n = len(X)
         n_cells = auto_n_cells(n, self.cell_size) if self.n_cells == "auto" else int(self.n_cells)
         n_cells = max(n_cells, self.devices)
         max_cell = 2 * math.ceil(n / n_cells) if self.max_cell_size == "auto" else int(self.max_cell_size)
@@ -344,13 +443,20 @@ class ContrastiveEmbedding(EmbeddingMethod):
         with self._phase("knn"):
             self.index_, self.index_cached_ = build_index(
                 X, int(self.n_neighbors), n_cells=n_cells, max_cell_size=max_cell, metric=self.metric,
-                seed=self.random_state, cache_dir=self.cache_dir, n_probe=n_probe, knn=knn,
-                ivf_nprobe=int(self.ivf_nprobe))
-        with self._phase("init"):
-            Y0 = pca_init(X, self.init_scale, self.random_state)
-        spec = self._train_spec(n, approximate)
+                seed=seed, cache_dir=self.cache_dir, n_probe=n_probe, knn=knn,
+                ivf_nprobe=int(self.ivf_nprobe), verbose=self.verbose)
+
+    def _run(self, X: np.ndarray, Y0: np.ndarray, n_epochs: int, learning_rate: float | None,
+             early_epochs: int) -> None:
+        """Train from ``Y0`` for ``n_epochs`` on the fitted index; set the fitted state."""
+        n = len(Y0)
+        accelerator = self._resolve_accelerator()
+        approximate = self.approximate or self._default_approximate
+        spec = self._train_spec(n, approximate, n_epochs, learning_rate, early_epochs)
         spec.device = "cuda" if accelerator == "cuda" else "cpu"
         shards = make_shards(self.index_, Y0, self.devices)
+        if self.callbacks:
+            spec.callback = self._callback(shards[0].rows, n)
         with self._phase("fit"):
             if self.parametric:
                 Ys = [self._fit_parametric(X, shards[0], spec)]
@@ -368,14 +474,28 @@ class ContrastiveEmbedding(EmbeddingMethod):
         for s, Ys_r in zip(shards, Ys):
             Y[s.rows] = Ys_r
         self.embedding_ = Y
-        self.loss_history_ = list(spec.loss_history)
+        self.loss_history_ += list(spec.loss_history)
+        self.n_epochs_ += len(spec.loss_history)
+        self.learning_rate_, self.batch_size_ = spec.learning_rate, spec.batch_size
+        self.noise_samples_ = spec.noise_samples
         self.comm_stats_ = stats
-        self.bytes_per_epoch_ = sum(s["bytes_by_tag"].get("cell_means", 0) for s in stats[:1]) / spec.n_epochs
+        self.bytes_per_epoch_ = sum(s["bytes_by_tag"].get("cell_means", 0) for s in stats[:1]) / n_epochs
         self.n_cells_ = self.index_.n_cells
-        self.loss_ = spec.loss
         log.info("%s: n=%d, %d cells, %d devices (%s), %.0f bytes all-gathered per epoch per device",
                  type(self).__name__, n, self.n_cells_, self.devices, accelerator, self.bytes_per_epoch_)
-        return Y
+
+    def _callback(self, rows: np.ndarray, n: int):
+        """The trainer's per-epoch hook: every callback sees ``(epoch, loss, embedding)``, the
+        embedding in input order (a fresh array); any returning True stops training (openTSNE)."""
+        callbacks = list(self.callbacks) if isinstance(self.callbacks, (list, tuple)) else [self.callbacks]
+
+        def on_epoch(epoch: int, loss: float, trainer) -> bool:
+            Y = np.empty((n, 2), dtype=np.float32)
+            Y[rows] = trainer.embedding()
+            stops = [bool(cb(epoch, loss, Y)) for cb in callbacks]  # every callback runs
+            return any(stops)
+
+        return on_epoch
 
     def _knn(self, n: int) -> str:
         if self.knn == "auto":
@@ -390,8 +510,9 @@ class ContrastiveEmbedding(EmbeddingMethod):
     def _fit_parametric(self, X: np.ndarray, shard: Shard, spec: TrainSpec) -> np.ndarray:
         from .parametric import MLPEncoder, ParametricTrainer
 
-        torch.manual_seed(self.random_state)
-        self.encoder_ = MLPEncoder(X.shape[1], tuple(self.hidden))
+        if self.encoder_ is None:  # a new fit; optimize() continues the trained encoder
+            torch.manual_seed(spec.seed)
+            self.encoder_ = MLPEncoder(X.shape[1], tuple(self.hidden))
         trainer = ParametricTrainer(shard, spec, Comm(), self.encoder_, X[shard.rows])
         return trainer.train()
 
@@ -399,7 +520,7 @@ class ContrastiveEmbedding(EmbeddingMethod):
         from .edges import EdgeTrainer, check_edge_options, edge_graph
 
         check_edge_options(spec.loss, self.correct_repulsion, self.loss_log_every)
-        graph = edge_graph(shard.neighbors, self.index_.distances[shard.rows], self.graph, self.random_state)
+        graph = edge_graph(shard.neighbors, self.index_.distances[shard.rows], self.graph, spec.seed)
         trainer = EdgeTrainer(shard, spec, Comm(), graph, push_noise=bool(self.push_noise),
                               correct_repulsion=bool(self.correct_repulsion),
                               loss_log_every=int(self.loss_log_every), loss_log_pairs=int(self.loss_log_pairs))
@@ -407,40 +528,77 @@ class ContrastiveEmbedding(EmbeddingMethod):
         self.loss_log_ = trainer.loss_log
         return Y
 
-    def transform(self, X: np.ndarray) -> np.ndarray:
-        """Embed new points with the trained encoder (parametric mode only)."""
+    def transform(self, X: np.ndarray, *, n_epochs: int = 100) -> np.ndarray:
+        """Embed new points into the fitted map, which stays fixed.
+
+        Parametric models: a forward pass of the encoder (``n_epochs`` unused). Free
+        positions (openTSNE's ``transform``): each new point's k nearest neighbours among the
+        training points (exact search), its start at the median of their positions, then
+        ``n_epochs`` of the fitted loss with the new points as heads against the fixed
+        training embedding (:func:`nomad.transform.place`)."""
         from .parametric import embed
+        from .transform import place, query_knn
 
-        if not hasattr(self, "encoder_"):
-            raise InputError(f"{type(self).__name__} can only embed new points in parametric mode: set "
-                             "method.parametric=true and fit first")
+        self._check_fitted("transform")
+        check_data(X, min_points=1)
+        if np.shape(X)[1] != self._fit_X.shape[1]:
+            raise InputError(f"X has {np.shape(X)[1]} columns but the model was fitted on "
+                             f"{self._fit_X.shape[1]}: give points of the training data's space")
+        _check_number("n_epochs", n_epochs, minimum=0, integer=True)
         with self._phase("transform"):
-            return embed(self.encoder_, X)
+            if self.encoder_ is not None:
+                return embed(self.encoder_, X)
+            nbrs, _ = query_knn(self._fit_X, X, int(self.n_neighbors), self.metric, verbose=self.verbose)
+            step = self.learning_rate_ * (1.0 / self.batch_size_ if self.aggregation == "mean" else 1.0)
+            return place(self.embedding_, nbrs, p_ji(int(self.n_neighbors), self.p_model), self.loss_,
+                         n_noise=float(self.n_noise), noise_samples=self.noise_samples_,
+                         n_epochs=int(n_epochs), step=step, momentum=float(self.momentum),
+                         clip_grad=self.clip_grad, seed=self.random_state_, verbose=self.verbose)
 
-    def _train_spec(self, n: int, approximate: str) -> TrainSpec:
+    def _check_fitted(self, what: str) -> None:
+        if not hasattr(self, "embedding_"):
+            raise InputError(f"{type(self).__name__} is not fitted: call fit(X) before {what}")
+
+    def _check_init(self, n: int) -> np.ndarray | None:
+        """The ``init`` array as float32 (n, 2), or None for ``"pca"``."""
+        if isinstance(self.init, str):
+            return None
+        Y0 = np.asarray(self.init, dtype=np.float32)
+        if Y0.shape != (n, 2) or not np.isfinite(Y0).all():
+            raise InputError(f"init must be 'pca' or a finite (n, 2) array of starting positions; got "
+                             f"shape {Y0.shape} for n={n} points")
+        return Y0.copy()
+
+    def _train_spec(self, n: int, approximate: str, n_epochs: int, learning_rate: float | None,
+                    early_epochs: int) -> TrainSpec:
+        """The loop's settings with every "auto" resolved (recorded as ``learning_rate_``,
+        ``batch_size_``, ``noise_samples_``)."""
         if self.batch_size != "auto":
             batch = int(self.batch_size)
         else:  # edges: cne's ICLR-paper batch of 1024 edges
             batch = 1024 if self.sampling == "edges" else math.ceil(n / 10)
         batch = min(batch, n)
-        if self.learning_rate == "auto" and self.parametric:
+        if learning_rate is not None:
+            lr = float(learning_rate)
+        elif self.learning_rate == "auto" and self.parametric:
             lr = 1e-3  # Adam (cne, Parametric UMAP)
         elif self.learning_rate == "auto":
             lr = n / 10 if self.aggregation == "mean" else 1.0
         else:
             lr = float(self.learning_rate)
         S = min(math.ceil(self.n_noise), 32) if self.noise_samples == "auto" else int(self.noise_samples)
-        torch.manual_seed(self.random_state)
+        seed = self.random_state_ + self.n_epochs_  # a continued run draws fresh samples
+        torch.manual_seed(seed)
         return TrainSpec(
-            loss=self._make_loss(n), p=p_ji(int(self.n_neighbors), self.p_model), n_epochs=int(self.n_epochs),
+            loss=self.loss_, p=p_ji(int(self.n_neighbors), self.p_model), n_epochs=n_epochs,
             learning_rate=lr, batch_size=batch, n_noise=float(self.n_noise), noise_samples=S,
             noise_group=int(self.noise_group),
             approximate=approximate, mean_refresh=self.mean_refresh, mean_weight=self.mean_weight,
             noise=self.noise, aggregation=self.aggregation,
             momentum=float(self.momentum), lr_schedule=self.lr_schedule, lr_decay_start=self.lr_decay_start,
             early_exaggeration=float(self.early_exaggeration),
-            early_exaggeration_epochs=int(self.early_exaggeration_epochs),
+            early_exaggeration_epochs=int(early_epochs),
             late_exaggeration=float(self.late_exaggeration),
             late_exaggeration_time=float(self.late_exaggeration_time),
-            clip_grad=self.clip_grad, seed=int(self.random_state),
+            clip_grad=self.clip_grad, seed=seed, first_epoch=self.n_epochs_,
             device="cpu", verbose=self.verbose)

@@ -4,8 +4,12 @@ K-means is initialised by a locally sensitive hash (random hyperplanes; the most
 buckets seed the centroids) and run by Lloyd iterations until the relative centroid shift
 falls below ``tol`` (or ``max_iter``). Cells larger than ``max_cell_size`` are split by
 2-means until every cell fits, since one giant cell defeats both memory and sharding.
-Inside each cell the k nearest neighbours are exact, so every cell is a component of the
-kNN graph and can live on its own device.
+The kNN graph comes from one of three searches. ``knn="cells"`` with ``n_probe=1`` (the
+paper's index, and the one several devices use): the k nearest neighbours inside each cell,
+exact, so every cell is a component of the kNN graph and can live on its own device. With
+``n_probe > 1`` the nearest cells are searched too, and with ``knn="faiss_ivf"`` (the one-device
+default up to 250k points) faiss searches all points: neighbours then cross cells, which one
+device allows. A precomputed graph (:func:`precomputed_index`) puts every point in one cell.
 
 The index (cell labels, neighbour table, distances) is cached on disk under a key made of
 the data's content hash and the parameters, so sweeps and other methods reuse it.
@@ -23,6 +27,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
+
+from .errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +38,7 @@ _INDEX_VERSION = 2
 
 @dataclass
 class CellIndex:
-    """Cells and the within-cell kNN graph.
+    """Cells and the kNN graph (within cells only under ``knn="cells"``, ``n_probe=1``).
 
     ``labels[i]`` is the cell of point i; ``neighbors[i]`` its k nearest neighbours in
     ascending distance (global row indices, self excluded), ``distances[i]`` their
@@ -163,7 +170,7 @@ def probe_lists(X: np.ndarray, labels: np.ndarray, n_probe: int) -> list[np.ndar
 
 def cell_knn(
     X: np.ndarray, labels: np.ndarray, k: int, metric: str = "euclidean", chunk: int = 2048,
-    n_probe: int = 1,
+    n_probe: int = 1, verbose: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact k nearest neighbours of every point among the points of its own cell
     (``n_probe=1``, the paper's index) or of its cell and the ``n_probe - 1`` cells with
@@ -179,7 +186,7 @@ def cell_knn(
     bounds = np.searchsorted(labels[order], np.arange(labels.max() + 2))
     probes = probe_lists(X, labels, n_probe) if n_probe > 1 else [[c] for c in range(len(bounds) - 1)]
     small = 0
-    for c in range(len(bounds) - 1):
+    for c in tqdm(range(len(bounds) - 1), desc="kNN in cells", disable=not verbose, leave=False):
         rows = order[bounds[c] : bounds[c + 1]]
         if len(rows) == 0:
             continue
@@ -239,6 +246,7 @@ def build_index(
     n_probe: int = 1,
     knn: str = "cells",
     ivf_nprobe: int = 10,
+    verbose: bool = False,
 ) -> tuple[CellIndex, bool]:
     """Build (or load from the cache) the K-means cell index of X.
 
@@ -246,7 +254,8 @@ def build_index(
     n is smaller), then every row is assigned. The neighbours come from the searched cells
     (``knn="cells"``, :func:`cell_knn` with ``n_probe``) or from faiss's IVF index over all
     rows (``knn="faiss_ivf"``, :func:`nomad.knn.ivf_knn` with ``ivf_nprobe``; they may then
-    cross cells). Returns the index and whether it came from the cache.
+    cross cells). Returns the index and whether it came from the cache. ``verbose``: progress
+    bars over the cells and the searched points, a log line per phase.
     """
     if metric not in ("euclidean", "inner_product"):
         raise ValueError(f"metric must be 'euclidean' or 'inner_product', got {metric!r}")
@@ -272,6 +281,8 @@ def build_index(
     if n_cells > 1:
         fit_rows = np.sort(torch.randperm(n, generator=gen)[:fit_size].numpy()) if n > fit_size else None
         Xfit = torch.as_tensor(np.asarray(X if fit_rows is None else X[fit_rows], dtype=np.float32))
+        if verbose:
+            log.info("k-means: %d cells from %d points", n_cells, len(Xfit))
         C, iters, converged = kmeans(Xfit, n_cells, max_iter=max_iter, tol=tol, gen=gen)
         log.info("k-means: %d cells, %d iterations, converged=%s", n_cells, iters, converged)
         labels = assign(X, C)
@@ -281,11 +292,11 @@ def build_index(
     if labels.max() >= 0 and np.bincount(labels).max() > max_cell_size:
         labels = bound_cells(X, labels, max_cell_size, gen)
     if knn == "cells":
-        nbrs, dists = cell_knn(X, labels, k, metric, n_probe=n_probe)
+        nbrs, dists = cell_knn(X, labels, k, metric, n_probe=n_probe, verbose=verbose)
     else:
         from .knn import ivf_knn
 
-        nbrs, dists = ivf_knn(X, k, metric=metric, seed=seed, nprobe=ivf_nprobe)
+        nbrs, dists = ivf_knn(X, k, metric=metric, seed=seed, nprobe=ivf_nprobe, verbose=verbose)
     idx = CellIndex(labels, nbrs, dists)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -294,3 +305,52 @@ def build_index(
             np.savez(f, labels=labels, neighbors=nbrs, distances=dists)
         os.replace(tmp, path)
     return idx, False
+
+
+def precomputed_index(graph, n: int, k: int) -> CellIndex:
+    """A :class:`CellIndex` of one cell from a kNN graph computed elsewhere (openTSNE's
+    ``PrecomputedNeighbors``): ``(indices, distances)`` of shape (n, >= k), or a sparse
+    (n, n) matrix whose stored entries in row i are i's neighbours and their distances.
+    Entries of a point to itself are dropped; of the rest, the k nearest are kept."""
+    from scipy import sparse
+
+    if sparse.issparse(graph):
+        csr = sparse.csr_matrix(graph)
+        if csr.shape != (n, n):
+            raise InputError(f"knn_graph is a sparse matrix of shape {csr.shape}; it must be (n, n) = "
+                             f"({n}, {n}), row i holding the distances to i's neighbours")
+        csr.sum_duplicates()
+        counts = np.diff(csr.indptr)
+        width = int(counts.max()) if n else 0
+        idx = np.full((n, width), -1, dtype=np.int64)
+        dist = np.full((n, width), np.inf, dtype=np.float64)
+        slot = np.arange(csr.nnz) - np.repeat(csr.indptr[:-1], counts)
+        row = np.repeat(np.arange(n), counts)
+        idx[row, slot], dist[row, slot] = csr.indices, csr.data
+    else:
+        try:
+            indices, distances = graph
+        except (TypeError, ValueError):
+            raise InputError("knn_graph must be (indices, distances) arrays or a scipy sparse "
+                             "matrix of distances") from None
+        idx, dist = np.asarray(indices), np.asarray(distances, dtype=np.float64)
+        if idx.ndim != 2 or idx.shape != dist.shape or len(idx) != n:
+            raise InputError(f"knn_graph indices {idx.shape} and distances {dist.shape} must both be "
+                             f"(n, k') with n={n} rows, one per point")
+        if not np.issubdtype(idx.dtype, np.integer):
+            raise InputError(f"knn_graph indices have dtype {idx.dtype}: give integer row numbers")
+        idx = idx.astype(np.int64)
+        if len(idx) and (idx.min() < 0 or idx.max() >= n):
+            raise InputError(f"knn_graph indices must lie in [0, {n}); got [{idx.min()}, {idx.max()}]")
+    valid = (idx >= 0) & (idx != np.arange(n)[:, None])
+    if np.isnan(dist[valid]).any():
+        raise InputError("knn_graph distances contain NaN: give finite distances")
+    short = np.flatnonzero(valid.sum(1) < k)
+    if len(short):
+        raise InputError(f"{len(short)} points (first: row {short[0]}) have fewer than k={k} neighbours "
+                         "other than themselves in knn_graph: give at least k per point, or lower "
+                         "n_neighbors")
+    dist = np.where(valid, dist, np.inf)
+    order = np.argsort(dist, axis=1, kind="stable")[:, :k]
+    nbrs = np.take_along_axis(idx, order, 1)
+    return CellIndex(np.zeros(n, dtype=np.int64), nbrs, np.take_along_axis(dist, order, 1).astype(np.float32))

@@ -18,6 +18,7 @@ import math
 import os
 
 import numpy as np
+from tqdm.auto import tqdm
 
 
 def drop_self(indices: np.ndarray, k: int) -> np.ndarray:
@@ -42,7 +43,7 @@ def threads() -> int:
 
 def ivf_knn(
     X: np.ndarray, k: int, *, metric: str = "euclidean", seed: int = 0, nlist: int | str = "auto",
-    nprobe: int = 10, train_per_list: int = 256, n_threads: int | None = None,
+    nprobe: int = 10, train_per_list: int = 256, n_threads: int | None = None, verbose: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """The k approximate nearest neighbours of every row of X among the rows of X (self
     excluded), in ascending distance: ``(neighbors (n, k) int64, distances (n, k) float32)``;
@@ -50,7 +51,7 @@ def ivf_knn(
     try:
         import faiss
     except ImportError as err:  # a core dependency, but installs can be partial
-        from nebench.errors import InputError
+        from .errors import InputError
 
         raise InputError("method.knn=faiss_ivf needs faiss: pip install faiss-cpu, or set "
                          "method.knn=cells for NOMAD's own cell index") from err
@@ -67,7 +68,11 @@ def ivf_knn(
     index.train(X if n <= m else X[np.sort(rng.choice(n, m, replace=False))])
     index.nprobe = min(nprobe, lists)
     index.add(X)
-    dist, idx = index.search(X, min(k + 1, n))
+    dist = np.empty((n, min(k + 1, n)), dtype=np.float32)
+    idx = np.empty((n, min(k + 1, n)), dtype=np.int64)
+    step = 1 << 16
+    for lo in tqdm(range(0, n, step), desc="kNN (faiss IVF)", disable=not verbose, leave=False):
+        dist[lo:lo + step], idx[lo:lo + step] = index.search(X[lo:lo + step], min(k + 1, n))
     short = np.flatnonzero((idx < 0).any(axis=1))
     if len(short):  # fewer than k + 1 points in the probed lists: scan them all for these rows
         index.nprobe = lists

@@ -1,7 +1,7 @@
 """The optimisation loop one device runs over its shard (shared by every engine method).
 
 Per step, B heads i are drawn uniformly from the shard (nomad-projection: uniform P_i);
-each head brings its k within-cell neighbours j weighted by p(j|i) (eq. 6) and S noise
+each head brings its k neighbours j of the kNN graph weighted by p(j|i) (eq. 6) and S noise
 points drawn uniformly from its *noise domain* D_i, each standing for |M| p(m in D_i) / S
 samples of the uniform noise xi. Every cell outside D_i is *approximated*: it enters as
 its mean mu_r with weight |M| p(m in r) (eq. 4). The domain is
@@ -17,12 +17,21 @@ aggregation (the paper's n/10 convention, an unbiased estimate of the expected l
 used as is under ``"sum"`` (cne's convention). SGD, linear decay to 0 (sec. 3.4).
 Cell means are detached and refreshed every epoch (the paper's Figure 2) or every step
 (the reference code); on several devices only they cross process boundaries.
+
+The neighbours j need not share the head's cell: faiss's IVF search and cell probing
+(``n_probe`` > 1), the one-device defaults, find them anywhere; on several devices the index
+keeps every kNN edge inside a cell, and so inside a device (:mod:`nomad.index`).
+
+NCVis' learned log Z takes plain SGD steps of ``LR_LOG_Z`` (cne) on its gradient aggregated as
+the positions' is: under ``"mean"`` the batch mean, so its step does not grow with the batch
+(n/10 heads by default) and so with n.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -32,6 +41,9 @@ from tqdm.auto import tqdm
 from .losses import ContrastiveLoss
 
 log = logging.getLogger(__name__)
+
+#: SGD step of NCVis' learned log Z (cne's 1e-3), applied to the batch-aggregated gradient
+LR_LOG_Z = 1e-3
 
 
 @dataclass
@@ -78,6 +90,9 @@ class TrainSpec:
     backend: str = "auto"  # "torch" ops, "fused" CPU kernel, "auto": fused on CPU
     verbose: bool = False
     loss_history: list = field(default_factory=list)
+    #: called after every epoch as ``callback(epoch, loss, trainer)``; True stops training
+    callback: Callable | None = None
+    first_epoch: int = 0  # epochs trained before (continued optimisation): the bar's offset
 
 
 class Comm:
@@ -167,8 +182,8 @@ class _ShardTrainer:
         self.steps_per_epoch = max(1, math.ceil(shard.n_total / spec.batch_size))
         params = [{"params": [self.Y], "lr": spec.learning_rate}]
         extra = [q for q in spec.loss.parameters() if q.requires_grad]
-        if extra:  # NCE's log Z: fixed lr 1e-3 (cne)
-            params.append({"params": extra, "lr": 1e-3, "momentum": 0.0, "fixed": True})
+        if extra:  # NCE's log Z: plain SGD at LR_LOG_Z (cne)
+            params.append({"params": extra, "lr": LR_LOG_Z, "momentum": 0.0, "fixed": True})
         self.opt = torch.optim.SGD(params, lr=spec.learning_rate, momentum=spec.momentum)
         self.spec.loss.to(dev)
 
@@ -214,9 +229,10 @@ class _ShardTrainer:
         else:
             heads = first
         if self.spec.noise == "batch_neighbors":  # reference code: the pool of the batch's positives
+            # the pool stands for the domain as uniform draws would (weight |M| p(m in D_i) / S
+            # each), so that pool and cell means weigh |M| together (eq. 4), on any number of devices
             pool = self.nbrs[heads].reshape(-1)
             noise = pool[torch.randint(len(pool), (Bg, S), generator=self.gen, device=self.dev)]
-            size = torch.full_like(size, self.shard.n_total)  # weight |M| / S each
         else:
             u = torch.rand(Bg, S, generator=self.gen, device=self.dev)
             noise = lo[:, None] + torch.minimum((u * size[:, None]).long(), size[:, None] - 1)
@@ -297,17 +313,43 @@ class _ShardTrainer:
         compute = self._grad_fused if self.fused else self._grad_torch
         with torch.no_grad():
             grad, value, g_params = compute(heads, noise, c_noise, mu, c_mu, rho, with_value)
+        scale = self.aggregation_scale()
         self.Y.grad = grad
         for param, g in g_params.items():
-            param.grad = g.reshape(param.shape)
+            param.grad = g.reshape(param.shape) * scale  # log Z: aggregated as the positions
         if spec.clip_grad is not None:
             grad.clamp_(-spec.clip_grad, spec.clip_grad)
-        scale = 1.0 / spec.batch_size if spec.aggregation == "mean" else 1.0  # global batch
         for group in self.opt.param_groups:
             if not group.get("fixed"):
                 group["lr"] = lr * scale
         self.opt.step()
         return value / B
+
+    def aggregation_scale(self, batch: int | None = None) -> float:
+        """1/B under ``"mean"`` aggregation (B: the global batch), 1 under ``"sum"``."""
+        return 1.0 / (batch or self.spec.batch_size) if self.spec.aggregation == "mean" else 1.0
+
+    def embedding(self) -> np.ndarray:
+        """The shard's current positions (n_local, 2)."""
+        return self.Y.detach().cpu().numpy()
+
+    def progress(self):
+        """tqdm over the epochs, on rank 0 when ``verbose``; shows the current loss."""
+        spec = self.spec
+        return tqdm(range(spec.n_epochs), disable=not (spec.verbose and self.shard.rank == 0),
+                    desc=f"{type(spec.loss).__name__} epochs", leave=False)
+
+    def after_epoch(self, bar, epoch: int, value: float) -> bool:
+        """Record the epoch's loss, stop on overflow, show it, and run the callback (True: stop)."""
+        spec = self.spec
+        spec.loss_history.append(value)
+        if not math.isfinite(value):
+            raise FloatingPointError(f"loss became {value} at epoch {epoch}: lower method.learning_rate")
+        bar.set_postfix(loss=f"{value:.4g}", refresh=False)
+        if spec.verbose and self.shard.rank == 0 and (epoch + 1) % max(1, spec.n_epochs // 10) == 0:
+            log.info("epoch %d/%d: loss %.4g", spec.first_epoch + epoch + 1,
+                     spec.first_epoch + spec.n_epochs, value)
+        return spec.callback is not None and bool(spec.callback(spec.first_epoch + epoch, value, self))
 
     def train(self) -> np.ndarray:
         if not self.fused:
@@ -341,8 +383,9 @@ class _ShardTrainer:
             np.zeros(0, np.float32) if no_mu else self._c_mu.numpy(),
             self.cell.numpy(), spec.approximate == "others", spec.noise == "batch_neighbors",
             float(rho), loss_kind, kernel_kind,
-            float(alpha), math.log(nu) if nu > 0 else 0.0, learn_nu, 1e-3, float(a), float(b),
-            (spec.seed * 1_000_003 + self.shard.rank * 10_007 + epoch) % (2**32),
+            float(alpha), math.log(nu) if nu > 0 else 0.0, learn_nu, LR_LOG_Z * self.aggregation_scale(),
+            float(a), float(b),
+            (spec.seed * 1_000_003 + self.shard.rank * 10_007 + spec.first_epoch + epoch) % (2**32),
             numba.get_num_threads())
         if learn_nu:
             loss_fn.log_z.data.fill_(log_nu - math.log(loss_fn.m))
@@ -352,9 +395,8 @@ class _ShardTrainer:
         spec = self.spec
         steps = self.steps_per_epoch
         total = spec.n_epochs * steps
-        scale = 1.0 / spec.batch_size if spec.aggregation == "mean" else 1.0  # global batch
-        bar = tqdm(range(spec.n_epochs), disable=not (spec.verbose and self.shard.rank == 0),
-                   desc="epochs", leave=False)
+        scale = self.aggregation_scale()
+        bar = self.progress()
         for epoch in bar:
             _maybe_inject_fault(self.shard.rank, epoch)
             rho = _rho(spec, epoch)
@@ -369,11 +411,10 @@ class _ShardTrainer:
                         mu = self.cell_means()
                     loss_k = self.step(mu, float(lrs[k]), rho, with_value=k == 0)
                     value = loss_k if k == 0 else value
-            spec.loss_history.append(value)  # the loss of the epoch's first batch
-            if not math.isfinite(value):
-                raise FloatingPointError(
-                    f"loss became {value} at epoch {epoch}: lower method.learning_rate")
-        return self.Y.detach().cpu().numpy()
+            if self.after_epoch(bar, epoch, value):  # value: the loss of the epoch's first batch
+                break
+        bar.close()
+        return self.embedding()
 
 
 def group_size(B: int, G: int) -> int:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .optimize import Comm, Shard, TrainSpec, _ShardTrainer
+from .optimize import LR_LOG_Z, Comm, Shard, TrainSpec, _ShardTrainer
 
 
 class MLPEncoder(torch.nn.Sequential):
@@ -49,9 +49,12 @@ class ParametricTrainer(_ShardTrainer):
         self.X = torch.as_tensor(np.asarray(X_local, dtype=np.float32), device=self.dev)
         params = [{"params": list(self.encoder.parameters()), "lr": spec.learning_rate}]
         extra = [q for q in spec.loss.parameters() if q.requires_grad]
-        if extra:
-            params.append({"params": extra, "lr": 1e-3, "fixed": True})
+        if extra:  # the loss is a batch mean, so log Z's gradient is one too
+            params.append({"params": extra, "lr": LR_LOG_Z, "fixed": True})
         self.opt = torch.optim.Adam(params, lr=spec.learning_rate)
+
+    def embedding(self) -> np.ndarray:
+        return embed(self.encoder, self.X, device=self.dev)
 
     def cell_means(self) -> torch.Tensor:
         self.Y.data = torch.as_tensor(embed(self.encoder, self.X, device=self.dev), device=self.dev)
@@ -83,7 +86,3 @@ class ParametricTrainer(_ShardTrainer):
                 group["lr"] = lr
         self.opt.step()
         return float(loss.detach())
-
-    def _train(self) -> np.ndarray:
-        super()._train()
-        return embed(self.encoder, self.X, device=self.dev)

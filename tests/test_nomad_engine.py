@@ -50,7 +50,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 # -- the library API end to end -------------------------------------------------------------------
 def test_public_api():
-    assert set(nomad.__all__) == {"NOMAD", "InfoNCTSNE", "NegTSNE", "NCVis", "UMAPLoss", "TSimCNE"}
+    assert set(nomad.__all__) == {"NOMAD", "InfoNCTSNE", "NegTSNE", "NCVis", "UMAPLoss", "InputError"}
+    assert nomad.InputError is InputError  # the harness's error is the library's
 
 
 def test_nomad_embeds_digits(digits):

@@ -1,4 +1,4 @@
-"""t-SimCNE (nomad/tsimcne.py, nomad/augment.py) and its cross-check adapter (baselines/tsimcne.py).
+"""t-SimCNE (tsimcne_lite/model.py, tsimcne_lite/augment.py) and its cross-check adapter (baselines/tsimcne.py).
 
 * Augmentations: shape and range kept, seeded, and they do change the images.
 * The loss is t-simcne eq. 4-5, checked against a direct loop on a tiny batch.
@@ -24,8 +24,8 @@ from sklearn.neighbors import KNeighborsClassifier
 
 from nebench.errors import InputError
 from nebench.runner import prepare
-from nomad.augment import Augmentation, color_jitter, random_resized_crop
-from nomad.tsimcne import TSimCNE, learning_rate_at, tsimcne_loss
+from tsimcne_lite.augment import Augmentation, color_jitter, random_resized_crop
+from tsimcne_lite.model import TSimCNE, learning_rate_at, tsimcne_loss
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -1,7 +1,7 @@
 """t-SimCNE (Böhm, Berens & Kobak, ICLR 2023): contrastive 2-D maps of images, from pixels.
 
 Neighbours come from data augmentation instead of a kNN graph (t-simcne sec. 3.1-3.2): every
-image of a batch of b gives two random views (:mod:`nomad.augment`), a CNN backbone and a
+image of a batch of b gives two random views (:mod:`tsimcne_lite.augment`), a CNN backbone and a
 projection head map the 2b views to z, and each view's partner is its positive while the other
 2b - 2 views are its negatives, under InfoNCE with the Cauchy kernel (eq. 4-5)::
 
@@ -49,11 +49,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from nebench.errors import InputError
-from nebench.method import EmbeddingMethod
+from nomad.base import EmbeddingMethod
+from nomad.checks import check_data
+from nomad.errors import InputError
+from nomad.losses import InfoNCE, cauchy
 
 from .augment import Augmentation
-from .losses import InfoNCE, cauchy
 
 log = logging.getLogger(__name__)
 
@@ -307,8 +308,6 @@ class TSimCNE(EmbeddingMethod):
 
     def _images(self, X: np.ndarray, scale: float | None = None) -> tuple[torch.Tensor, float]:
         """X (n x H*W*C) as (n, C, H, W) float32 in [0, 1], and the pixel scale used."""
-        from nebench.datasets import check_data
-
         C, H, W = self._shape()
         X = np.asarray(X)
         if X.ndim != 2 or X.shape[1] != C * H * W:
