@@ -61,8 +61,8 @@ from experiments.figures._common import markdown_table
 from metrics import exact_knn
 from nebench.datasets import check_data, load_dataset
 from nebench.errors import InputError
+from nebench.memory import PeakMemory
 from nebench.results import code_version, timestamp
-from nebench.runner import _reset_peak_rss, measure_peak_rss_gb
 from nomad.knn import drop_self, ivf_knn, threads
 
 log = logging.getLogger(__name__)
@@ -350,11 +350,10 @@ def _child(
     _warm_up([name], n_jobs)
     _import(name)
     X = np.load(x_path)
-    _reset_peak_rss()
     before = psutil.Process().memory_info().rss / 1e9
-    measured = _measure(X, name, queries, k, seed, n_jobs, params)
-    peak = measure_peak_rss_gb()
-    return {**measured, "peak_rss_gb": peak, "added_rss_gb": max(peak - before, 0.0)}
+    with PeakMemory() as peak:
+        measured = _measure(X, name, queries, k, seed, n_jobs, params)
+    return {**measured, "peak_rss_gb": peak.gb, "added_rss_gb": max(peak.gb - before, 0.0)}
 
 
 def _import(name: str) -> None:

@@ -66,8 +66,9 @@ def plot_quality_vs_time(
     Fig. 3).
 
     ``points`` has columns ``dataset``, ``series``, ``time``, ``time_sd``, ``quality`` and
-    ``quality_sd`` (means and standard deviations over seeds, one row per configuration); the
-    points of a series are joined in order of time.
+    ``quality_sd`` (means and standard deviations over seeds, one row per configuration) and
+    ``budget``; the points of a series are joined in order of their budget (epochs or
+    iterations, as the paper joins them), or of time where a series has no budget.
     """
     datasets = sorted(points["dataset"].unique())
     fig = Figure(figsize=(4.5 * len(datasets) + 2, 4), dpi=150)
@@ -76,7 +77,7 @@ def plot_quality_vs_time(
     colors = dict(zip(series, class_colors(len(series))))
     for ax, dataset in zip(axes, datasets):
         for name, group in points[points["dataset"] == dataset].groupby("series"):
-            group = group.sort_values("time")
+            group = in_budget_order(group)
             ax.errorbar(
                 group["time"],
                 group["quality"],
@@ -102,6 +103,12 @@ def plot_quality_vs_time(
     fig.legend(handles, names, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
     fig.tight_layout()
     _save(fig, path)
+
+
+def in_budget_order(series: pd.DataFrame) -> pd.DataFrame:
+    """A series' points in the order they are joined: by budget (epochs or iterations) where
+    every point has one, else by time."""
+    return series.sort_values("time" if series["budget"].isna().any() else "budget")
 
 
 def _scatter(ax, Y, labels, classes, colors) -> None:

@@ -2,16 +2,18 @@
 
     python -m nebench.report [results_file] [--out DIR] [--k 15]
 
-writes ``DIR/summary.md`` (mean ± sd over seeds for each dataset, method, setting of the
-hyperparameters that vary within the method, and device setup), ``DIR/np_vs_time.png`` (NP@k vs
-wall time) and ``DIR/rta_vs_time.png`` (random triplet accuracy vs wall time): log time axis,
-one panel per dataset, one series per method (split by device setup where a method ran on
-several), its settings joined in order of time (nomad-projection sec. 4.1, Fig. 3).
+writes ``DIR/summary.md`` (mean ± sd over the seeds of each configuration: runs identical in
+everything but the seed, shown by dataset, method and the keys that tell its rows apart),
+``DIR/runs.csv`` (every run, one row each), ``DIR/np_vs_time.png`` (NP@k vs wall time) and
+``DIR/rta_vs_time.png`` (random triplet accuracy vs wall time): log time axis, one panel per
+dataset, one series per method (split by device setup where a method ran on several), its
+settings joined in order of their epochs or iterations (nomad-projection sec. 4.1, Fig. 3).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 from collections.abc import Sequence
@@ -26,35 +28,69 @@ from nebench.results import read_results
 
 log = logging.getLogger(__name__)
 
-DEFAULT_RESULTS = Path(os.environ.get("NEBENCH_RESULTS_DIR", "results")) / "results.csv"
+DEFAULT_RESULTS = Path(os.environ.get("NEBENCH_RESULTS_DIR", "results")) / "results.jsonl"
 #: the device setup of a run
 DEVICE_COLUMNS = ("accelerator", "devices")
+#: configuration columns besides the prefixed ones (the seed is not one: seeds are averaged)
+CONFIG_COLUMNS = ("dataset", "method", "n", "dim", "holdout", *DEVICE_COLUMNS, "code_version")
+CONFIG_PREFIXES = ("method.", "dataset.", "metrics.", "trainer.")
+#: hyperparameters that count a method's optimisation steps, in order of preference
+BUDGET_COLUMNS = ("method.n_epochs", "method.n_iter")
+#: summary columns that are neither keys nor metrics
+SUMMARY_EXTRA = ("seeds", "budget")
 TIME = "time_total_s"
+#: quality metrics besides NP@k, in the summary's order
+QUALITY = ("rta", "knn_acc", "trustworthiness", "continuity", "distance_spearman")
 
 
-def setting_columns(table: pd.DataFrame) -> list[str]:
-    """Hyperparameter (``method.*``) columns that vary within some (dataset, method)."""
-    candidates = [c for c in table.columns if c.startswith("method.")]
+def config_columns(table: pd.DataFrame) -> list[str]:
+    """The columns that describe a run's configuration (``CONFIG_COLUMNS`` and every
+    ``method.*``, ``dataset.*``, ``metrics.*`` and ``trainer.*`` key), in table order: two runs
+    that agree on all of them differ only in the seed."""
+    return [c for c in table.columns if c in CONFIG_COLUMNS or c.startswith(CONFIG_PREFIXES)]
+
+
+def distinguishing_columns(table: pd.DataFrame) -> list[str]:
+    """Configuration columns other than dataset and method that vary within some (dataset,
+    method): the keys a reader needs to tell the summary's rows apart."""
     groups = table.groupby(["dataset", "method"], dropna=False)
-    return [c for c in candidates if (groups[c].nunique(dropna=False) > 1).any()]
+    return [
+        c
+        for c in config_columns(table)
+        if c not in ("dataset", "method") and (groups[c].nunique(dropna=False) > 1).any()
+    ]
 
 
 def summarize(table: pd.DataFrame, quality: Sequence[str]) -> pd.DataFrame:
-    """Mean, sd and seed count of ``quality`` columns and the total time per configuration
-    (dataset, method, the hyperparameters that vary, and the device setup)."""
-    devices = [c for c in DEVICE_COLUMNS if c in table.columns]
-    keys = ["dataset", "method", *setting_columns(table), *devices]
+    """Mean, sd and seed count of ``quality`` columns and the total time per configuration.
+
+    Only runs identical in every configuration column (``config_columns``) are averaged: runs
+    that differ in anything but the seed (``dataset.n``, ``holdout``, a metric option, the code
+    version, ...) stay apart. The summary's key columns are dataset, method and the
+    ``distinguishing_columns``; ``budget`` (the epochs or iterations, where the method has them)
+    orders the points of a Fig. 3 series.
+    """
+    devices = [c for c in DEVICE_COLUMNS if c in table.columns]  # always shown: Fig. 3's series
+    keys = ["dataset", "method", *devices]
+    keys += [c for c in distinguishing_columns(table) if c not in keys]
+    hidden = [c for c in config_columns(table) if c not in keys]
     columns = [c for c in (*quality, TIME) if c in table.columns]
-    grouped = table.groupby(keys, dropna=False, sort=True)
+    table = table.assign(budget=_budget(table))
+    grouped = table.groupby([*keys, *hidden], dropna=False, sort=False)
     summary = grouped[columns].agg(["mean", "std"])
     summary.columns = [f"{c}_{stat}" for c, stat in summary.columns]
     summary["seeds"] = grouped.size()
-    return summary.reset_index()
+    summary["budget"] = grouped["budget"].first()
+    summary = summary.reset_index().drop(columns=hidden)
+    # values of one column may mix types (learning_rate "auto" and 200.0): order as text
+    return summary.sort_values(keys, key=lambda c: c.astype(str), ignore_index=True)
 
 
 def markdown(summary: pd.DataFrame, quality: Sequence[str]) -> str:
     """A markdown table with one ``mean ± sd`` cell per metric."""
-    keys = [c for c in summary.columns if not c.endswith(("_mean", "_std")) and c != "seeds"]
+    keys = [
+        c for c in summary.columns if not c.endswith(("_mean", "_std")) and c not in SUMMARY_EXTRA
+    ]
     metrics = [c for c in (*quality, TIME) if f"{c}_mean" in summary.columns]
     header = [*keys, "seeds", *(_title(m) for m in metrics)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -86,17 +122,19 @@ def fig3_points(summary: pd.DataFrame, quality: str) -> pd.DataFrame:
             "time_sd": summary[f"{TIME}_std"],
             "quality": summary[f"{quality}_mean"],
             "quality_sd": summary[f"{quality}_std"],
+            "budget": summary["budget"],
         }
     ).dropna(subset=["time", "quality"])
 
 
 def write_report(results_file: str | os.PathLike, out: str | os.PathLike, k: int = 15) -> Path:
-    """Write ``summary.md``, ``np_vs_time.png`` and ``rta_vs_time.png`` into ``out``."""
+    """Write ``summary.md``, ``runs.csv``, ``np_vs_time.png`` and ``rta_vs_time.png`` into
+    ``out``."""
     results_file = Path(results_file)
     if not results_file.is_file():
         raise InputError(
             f"no results table at {results_file}; run `python run.py ...` first (rows land in "
-            "${paths.results_dir}/results.csv) or pass the table's path."
+            "${paths.results_dir}/results.jsonl) or pass the table's path."
         )
     table = read_results(results_file) if results_file.stat().st_size else pd.DataFrame()
     if table.empty:
@@ -111,18 +149,39 @@ def write_report(results_file: str | os.PathLike, out: str | os.PathLike, k: int
             "(or rerun with metrics.ks including it)."
         )
     quality = [c for c in table.columns if c.startswith("np@") and not c.endswith("_ci95")]
-    quality += [c for c in ("rta", "knn_acc") if c in table.columns]
+    quality += [c for c in QUALITY if c in table.columns]
     summary = summarize(table, quality)
     out = Path(out)
     with atomic_open(out / "summary.md", "w") as f:
         f.write(f"# Results ({len(table)} runs from {results_file})\n\n")
         f.write(markdown(summary, quality))
+    with atomic_open(out / "runs.csv", "w") as f:
+        table.to_csv(f, index=False)
     plot_quality_vs_time(fig3_points(summary, np_k), np_k, f"NP@{k}", out / "np_vs_time.png")
     plot_quality_vs_time(
         fig3_points(summary, "rta"), "rta", "random triplet accuracy", out / "rta_vs_time.png"
     )
-    log.info("wrote %s, np_vs_time.png and rta_vs_time.png", out / "summary.md")
+    log.info("wrote %s, runs.csv, np_vs_time.png and rta_vs_time.png", out / "summary.md")
     return out
+
+
+def _budget(table: pd.DataFrame) -> pd.Series:
+    """Each run's optimisation budget: its ``BUDGET_COLUMNS`` value (a list of stages, such as
+    t-SimCNE's, counts as their sum); NaN where it has none (its series is then ordered by time)."""
+    budget = pd.Series(float("nan"), index=table.index)
+    for column in BUDGET_COLUMNS:
+        if column in table.columns:
+            budget = budget.fillna(table[column].map(_steps))
+    return budget
+
+
+def _steps(value: object) -> float:
+    if isinstance(value, str) and value.startswith("["):
+        return float(sum(json.loads(value)))
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return float("nan")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -144,7 +203,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 def _title(metric: str) -> str:
-    return {"rta": "RTA", "knn_acc": "kNN acc", TIME: "time (s)"}.get(metric, metric.upper())
+    titles = {"rta": "RTA", "knn_acc": "kNN acc", "distance_spearman": "dist. Spearman"}
+    return {**titles, TIME: "time (s)"}.get(metric, metric if metric in QUALITY else metric.upper())
 
 
 def _cell(value: object) -> str:

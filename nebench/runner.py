@@ -25,11 +25,10 @@ from __future__ import annotations
 import inspect
 import json
 import logging
-import resource
+import os
 import sys
 import time
 from collections.abc import Callable
-from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,8 +47,9 @@ from nebench.datasets import check_data, load_dataset
 from nebench.devices import resolve_devices
 from nebench.errors import InputError
 from nebench.io import atomic_open
-from nebench.method import EmbeddingMethod
 from nebench.map import write_map
+from nebench.memory import PeakMemory
+from nebench.method import EmbeddingMethod
 from nebench.plotting import plot_embedding
 from nebench.results import append_row, check_results_path, code_version, timestamp
 
@@ -64,6 +64,10 @@ CONFIG_KEYS = ("name", "_target_")
 RUNTIME_KEYS = ("random_state", "accelerator", "devices")
 #: constructor arguments that are not hyperparameters (kept out of the results table)
 NOT_HYPERPARAMETERS = ("cache_dir",)
+#: rows and step cap of the untimed warm-up fit, and what it always runs with
+WARM_UP_ROWS = 300
+WARM_UP_STEPS = 2
+WARM_UP_FIXED = {"devices": 1, "cache_dir": None}
 #: arguments of ``metrics.evaluate`` the runner fills in itself
 EVALUATE_INPUTS = ("X", "Y", "y", "n_train", "seed")
 
@@ -100,6 +104,8 @@ class Plan:
     devices: int
     metric_options: dict[str, Any]
     min_points: int
+    #: the constructor arguments ``method`` was built with (``warm_up`` builds a copy)
+    kwargs: dict[str, Any]
 
 
 def prepare(cfg: DictConfig) -> Plan:
@@ -150,7 +156,42 @@ def prepare(cfg: DictConfig) -> Plan:
         devices=devices,
         metric_options=metric_options,
         min_points=n_neighbors + 1 if n_neighbors is not None else 2,
+        kwargs=kwargs,
     )
+
+
+def warm_up(plan: Plan, X: np.ndarray, seed: int) -> float:
+    """Fit a copy of the method, untimed, on ``WARM_UP_ROWS`` seeded rows of X with its step
+    counts capped at ``WARM_UP_STEPS``; return the seconds it took.
+
+    Its purpose is one-off work that is not the method's: numba compiling umap-learn's,
+    pynndescent's and our kernels on their first call in a process (umap-learn's ~55 s would
+    otherwise land in its total while ours hide in numba's disk cache), torch's lazy
+    initialisation, imports done on first use. Every method gets the same treatment, so
+    ``time_total_s`` compares like with like; the warm-up's time is reported in its own column
+    (``time_warmup_s``). The copy runs on one device in this process and uses no kNN cache. A
+    failure is logged and ignored: the timed fit meets the same problem and reports it.
+    """
+    rows = np.sort(np.random.default_rng(seed).permutation(len(X))[:WARM_UP_ROWS])
+    kwargs = {key: _capped_steps(key, value) for key, value in plan.kwargs.items()}
+    kwargs.update({k: v for k, v in WARM_UP_FIXED.items() if k in plan.kwargs})
+    start = time.perf_counter()
+    try:
+        type(plan.method)(**kwargs).fit_transform(np.asarray(X[rows]))
+    except Exception as exc:  # noqa: BLE001 - see the docstring
+        log.warning("warm-up fit of %s failed (%s); the timed fit follows anyway", plan.name, exc)
+    seconds = time.perf_counter() - start
+    log.info("warm-up (one-off compilation, not timed): %.1f s", seconds)
+    return seconds
+
+
+def _capped_steps(key: str, value: Any) -> Any:
+    """``value`` with each step count at most ``WARM_UP_STEPS`` if ``key`` counts steps."""
+    if not key.endswith(("epochs", "_iter")):
+        return value
+    if isinstance(value, list):
+        return [min(v, WARM_UP_STEPS) if _is_count(v) else v for v in value]
+    return min(value, WARM_UP_STEPS) if _is_count(value) else value
 
 
 def _fit_with_holdout(plan: Plan, data, cfg: DictConfig) -> tuple[np.ndarray, float, dict[str, float]]:
@@ -170,8 +211,7 @@ def _fit_with_holdout(plan: Plan, data, cfg: DictConfig) -> tuple[np.ndarray, fl
     Y_test = plan.method.transform(data.X[n_train:])
     time_transform = time.perf_counter() - start
     Y_test = check_embedding(Y_test, len(data.X) - n_train, plan.name)
-    options = {k: v for k, v in plan.metric_options.items() if k != "trustworthiness"}
-    scores = evaluate(data.X[n_train:], Y_test, None, None, **options, seed=cfg.seed)
+    scores = evaluate(data.X[n_train:], Y_test, None, None, **plan.metric_options, seed=cfg.seed)
     heldout = {f"heldout_{k}": v for k, v in scores.items()}
     heldout.update(time_transform_s=time_transform, transform_speedup=time_fit / max(time_transform, 1e-9))
     return np.concatenate([np.asarray(Y_train, dtype=np.float32), Y_test]), time_fit, heldout
@@ -180,7 +220,6 @@ def _fit_with_holdout(plan: Plan, data, cfg: DictConfig) -> tuple[np.ndarray, fl
 def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     """Run the configured method on the configured dataset; write the run contract into
     ``out_dir``, append the results row, and return the contents of ``metrics.json``."""
-    _reset_peak_rss()
     resolved = _container(cfg, "the config")
     with atomic_open(out_dir / "config.yaml", "w") as f:
         f.write(OmegaConf.to_yaml(resolved))
@@ -192,14 +231,18 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     n, dim = data.X.shape
     log.info("%s on %s: n=%d, dim=%d", plan.name, data.name, n, dim)
 
+    trainer = _container(cfg.trainer, "trainer")
+    time_warmup = float("nan")
+    if trainer.get("warmup", True) and not under_torchrun():
+        time_warmup = warm_up(plan, data.X, cfg.seed)
     heldout: dict[str, float] = {}
-    if cfg.get("holdout", False):
-        Y, time_total, heldout = _fit_with_holdout(plan, data, cfg)
-    else:
-        start = time.perf_counter()
-        Y = plan.method.fit_transform(data.X)
-        time_total = time.perf_counter() - start
-    peak_rss_gb = measure_peak_rss_gb()
+    with PeakMemory() as peak:
+        if cfg.get("holdout", False):
+            Y, time_total, heldout = _fit_with_holdout(plan, data, cfg)
+        else:
+            start = time.perf_counter()
+            Y = plan.method.fit_transform(data.X)
+            time_total = time.perf_counter() - start
     Y = check_embedding(Y, n, plan.name)
 
     start = time.perf_counter()
@@ -213,7 +256,8 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
             "time_total_s": time_total,
             **{f"time_{phase}_s": seconds for phase, seconds in phases.items()},
             "time_metrics_s": time_metrics,
-            "peak_rss_gb": peak_rss_gb,
+            "time_warmup_s": time_warmup,
+            "peak_rss_gb": peak.gb,
             "n": n,
             "dim": dim,
             "accelerator": plan.accelerator,
@@ -244,6 +288,10 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
             for key, value in plan.hyperparameters.items()
             if key not in NOT_HYPERPARAMETERS
         },
+        **{f"dataset.{key}": value for key, value in resolved["dataset"].items() if key != "name"},
+        "holdout": bool(cfg.get("holdout", False)),
+        **{f"metrics.{key}": value for key, value in plan.metric_options.items()},
+        "trainer.warmup": bool(trainer.get("warmup", True)),
         **metrics,
         "code_version": code_version(),
         "run_dir": str(out_dir),
@@ -399,22 +447,9 @@ def _plain(values: dict[str, Any]) -> dict[str, Any]:
     return {k: v.item() if isinstance(v, np.generic) else v for k, v in values.items()}
 
 
-def _reset_peak_rss() -> None:
-    """Restart this process's RSS high-water mark (Linux; elsewhere a no-op), so that a sweep
-    worker that runs several jobs reports each run's own peak."""
-    with suppress(OSError):
-        Path("/proc/self/clear_refs").write_text("5")
-
-
-def measure_peak_rss_gb() -> float:
-    """Peak resident memory of this process and of its finished child processes (e.g. one per
-    device), in GB of 1e9 bytes. Children are counted from the start of the process."""
-    peak = max(
-        resource.getrusage(who).ru_maxrss
-        for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
-    )
-    bytes_per_unit = 1 if sys.platform == "darwin" else 1024  # ru_maxrss is KiB on Linux
-    return peak * bytes_per_unit / 1e9
+def under_torchrun() -> bool:
+    """Whether this process is one rank of a ``torchrun`` launch (its environment says so)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
 def _record_failure(out_dir: Path, exc: BaseException) -> None:

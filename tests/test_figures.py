@@ -105,11 +105,11 @@ def test_fig3_series_put_the_budget_into_their_methods_own_parameter(series: str
 def test_fig3_sweep_command_covers_the_grid_and_passes_paths_and_metrics(tmp_path) -> None:
     overrides = ["experiment=nomad_fig3", "metrics.n_eval=null", "figure.run_overrides=['x=1']"]
     with figure_config(overrides, tmp_path) as cfg:
-        command = nomad_fig3.sweep_command(cfg, tmp_path / "t.csv", tmp_path / "sweep")
+        command = nomad_fig3.sweep_command(cfg, tmp_path / "t.jsonl", tmp_path / "sweep")
     assert command[1:3] == [str(ROOT / "run.py"), "-m"]
     assert f"+experiment={','.join(SERIES)}" in command
     assert "epochs=50,100,200,500" in command and "dataset=mnist,arxiv_minilm" in command
-    assert f"results_file='{tmp_path / 't.csv'}'" in command
+    assert f"results_file='{tmp_path / 't.jsonl'}'" in command
     assert "metrics.n_eval=null" in command and "metrics.ks=[10,15]" in command
     assert f"paths.cache_dir='{tmp_path / 'cache'}'" in command
     assert command[-1] == "x=1"
@@ -299,10 +299,10 @@ def test_fig3_sweep_gives_both_plots_and_more_epochs_do_not_hurt_nomad(tmp_path)
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     out = tmp_path / "results" / "figures" / "reduced" / "nomad_fig3"
-    assert {"summary.md", "np_vs_time.png", "rta_vs_time.png", "results.csv"} <= {
+    assert {"summary.md", "np_vs_time.png", "rta_vs_time.png", "results.jsonl"} <= {
         p.name for p in out.iterdir()
     }
-    table = read_results(out / "results.csv")
+    table = read_results(out / "results.jsonl")
     assert set(table["method"]) == {"nomad", "infonc_tsne", "opentsne"}
     assert len(table) == 8
     nomad = table[table["method"] == "nomad"]

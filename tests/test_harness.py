@@ -76,7 +76,7 @@ def run_cli(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
 
 
 def rows(tmp_path: Path) -> pd.DataFrame:
-    path = tmp_path / "results" / "results.csv"
+    path = tmp_path / "results" / "results.jsonl"
     return read_results(path) if path.exists() else pd.DataFrame()
 
 
@@ -96,7 +96,7 @@ def test_every_config_group_composes_and_resolves(override: str) -> None:
     needs_method("pca")
     cfg = composed(["method=pca", override])
     task = OmegaConf.to_container(task_config(["method=pca", override]), resolve=True)
-    assert task["results_file"].endswith("results.csv")
+    assert task["results_file"].endswith("results.jsonl")
     assert str(cfg.hydra.run.dir).startswith("outputs/pca/")
     OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
 
@@ -146,7 +146,7 @@ def test_paths_follow_environment_variables(monkeypatch, tmp_path: Path) -> None
     monkeypatch.setenv("NEBENCH_RESULTS_DIR", str(tmp_path / "r"))
     cfg = composed(["method=pca"])
     assert cfg.paths.data_dir == str(tmp_path / "d")
-    assert cfg.results_file == str(tmp_path / "r" / "results.csv")
+    assert cfg.results_file == str(tmp_path / "r" / "results.jsonl")
     monkeypatch.delenv("NEBENCH_DATA_DIR")
     assert composed(["method=pca"]).paths.data_dir == str(Path.cwd() / "data")
 
@@ -273,12 +273,12 @@ class _Diverging(EmbeddingMethod):
 def test_a_diverged_embedding_is_not_a_result(tmp_path: Path) -> None:
     needs_method("pca")
     cfg = task_config(
-        ["method=pca", f"method._target_={__name__}._Diverging", f"results_file={tmp_path}/r.csv"]
+        ["method=pca", f"method._target_={__name__}._Diverging", f"results_file={tmp_path}/r.jsonl"]
     )
     with pytest.raises(RuntimeError, match="NaN"):
         run(cfg, tmp_path)
     assert not any((tmp_path / name).exists() for name in RESULT_FILES)
-    assert not (tmp_path / "r.csv").exists()
+    assert not (tmp_path / "r.jsonl").exists()
 
 
 # --- real runs ----------------------------------------------------------------------------
@@ -318,7 +318,11 @@ def test_run_writes_the_contract_and_one_row_and_two_runs_get_two_dirs(tmp_path:
             "knn_acc",
             "time_total_s",
             "time_fit_s",
+            "time_warmup_s",
             "peak_rss_gb",
+            "trustworthiness",
+            "continuity",
+            "distance_spearman",
             "n",
             "dim",
         ):
@@ -337,6 +341,11 @@ def test_run_writes_the_contract_and_one_row_and_two_runs_get_two_dirs(tmp_path:
     assert {"method.svd_solver", "code_version", "timestamp", "devices", "time_total_s"} <= set(
         table
     )
+    # a row carries the dataset's preprocessing, the holdout flag and the metric options
+    assert {"dataset.n", "dataset.pca", "dataset.l2_normalize", "holdout"} <= set(table)
+    assert {"metrics.ks", "metrics.n_eval", "metrics.n_trust", "trainer.warmup"} <= set(table)
+    assert not row["holdout"] and row["metrics.n_eval"] == 5000
+    assert 0 < row["peak_rss_gb"] < 50
 
 
 @pytest.mark.slow

@@ -5,16 +5,20 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from scipy import stats
+from sklearn import manifold
 from sklearn.datasets import make_blobs
 from sklearn.decomposition import PCA
 
 import metrics.evaluation as evaluation_module
 from metrics import (
+    distance_spearman,
     evaluate,
     exact_knn,
     knn_accuracy,
     neighborhood_preservation,
     random_triplet_accuracy,
+    trustworthiness_continuity,
 )
 from metrics.triplets import distinct_triplets
 from nebench.errors import InputError
@@ -154,7 +158,7 @@ def test_float16_memmap_input_matches_float32_in_memory(tmp_path, blobs):
     Y_map = np.load(tmp_path / "y.npy", mmap_mode="r")
 
     X32, Y32 = X16.astype(np.float32), X16[:, :2].astype(np.float32)
-    kwargs = {"ks": (10,), "n_eval": 300, "n_triplets": 5000, "trustworthiness": True}
+    kwargs = {"ks": (10,), "n_eval": 300, "n_triplets": 5000, "n_trust": 300, "n_pairs": 5000}
     assert evaluate(X_map, Y_map, y, **kwargs) == evaluate(X32, Y32, y, **kwargs)
 
 
@@ -241,16 +245,55 @@ def test_evaluate_keys_and_consistency(blobs):
     X, y = blobs
     Y = PCA(n_components=2, random_state=0).fit_transform(X)
     kwargs = {"ks": (10, 15), "n_eval": 300, "n_triplets": 5000, "seed": 2}
-    out = evaluate(X, Y, **kwargs)
+    out = evaluate(X, Y, **kwargs, n_trust=0, n_pairs=0)
     assert set(out) == {"np@10", "np@10_ci95", "np@15", "np@15_ci95", "rta", "rta_ci95"}
     assert all(type(v) is float for v in out.values())
     assert out["np@15"] == neighborhood_preservation(X, Y, (10, 15), 300, seed=2)[15][0]
     assert out["rta"] == random_triplet_accuracy(X, Y, 5000, seed=2)[0]
 
-    labelled = evaluate(X, Y, y, n_train=1500, trustworthiness=True, **kwargs)
-    assert set(labelled) == set(out) | {"knn_acc", "trustworthiness"}
+    labelled = evaluate(X, Y, y, n_train=1500, n_trust=400, n_pairs=5000, **kwargs)
+    rank = {f"{m}{s}" for m in ("trustworthiness", "continuity", "distance_spearman")
+            for s in ("", "_ci95")}  # fmt: skip
+    assert set(labelled) == set(out) | {"knn_acc"} | rank
     assert labelled["knn_acc"] > 0.95 and 0.5 < labelled["trustworthiness"] <= 1.0
-    assert evaluate(X, X, trustworthiness=True, **kwargs)["trustworthiness"] == pytest.approx(1.0)
+    assert 0.5 < labelled["continuity"] <= 1.0 and 0.5 < labelled["distance_spearman"] <= 1.0
+    perfect = evaluate(X, X, n_trust=400, n_pairs=5000, **kwargs)
+    assert perfect["trustworthiness"] == perfect["continuity"] == pytest.approx(1.0)
+    assert perfect["distance_spearman"] == pytest.approx(1.0)
+    # too few points for k = 15: skipped (with a warning), the rest still measured
+    assert "trustworthiness" not in evaluate(X[:25], Y[:25], ks=(10, 15), n_trust=2000)
+
+
+def test_trustworthiness_and_continuity_equal_sklearns_on_a_small_case():
+    """The per-point values average to sklearn's trustworthiness; continuity is it swapped."""
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(120, 6))
+    Y = X[:, :2] + 0.5 * rng.normal(size=(120, 2))
+    for k in (3, 10):
+        got = trustworthiness_continuity(X, Y, k=k, n_points=1000)
+        assert got["trustworthiness"][0] == pytest.approx(
+            manifold.trustworthiness(X, Y, n_neighbors=k)
+        )
+        assert got["continuity"][0] == pytest.approx(manifold.trustworthiness(Y, X, n_neighbors=k))
+        assert 0 < got["trustworthiness"][1] < 0.1
+    shuffled = trustworthiness_continuity(X, rng.permutation(Y), k=10, n_points=1000)
+    assert shuffled["trustworthiness"][0] < got["trustworthiness"][0] - 0.1
+
+
+def test_distance_spearman_matches_a_direct_rank_correlation():
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(50, 5))
+    Y = X[:, :2] + 0.3 * rng.normal(size=(50, 2))
+    rho, ci95 = distance_spearman(X, Y, n_pairs=400, seed=3)
+    draws = np.random.default_rng(3)  # the same pairs: i, then j != i
+    i = draws.integers(0, 50, 400)
+    j = draws.integers(0, 49, 400)
+    j += j >= i
+    d_x, d_y = np.linalg.norm(X[i] - X[j], axis=1), np.linalg.norm(Y[i] - Y[j], axis=1)
+    ranks = [stats.rankdata(d) for d in (d_x, d_y)]
+    assert rho == pytest.approx(np.corrcoef(*ranks)[0, 1])
+    assert 0 < ci95 < 0.1 and rho > 0.5
+    assert abs(distance_spearman(X, rng.permutation(Y), n_pairs=400)[0]) < 0.2
 
 
 # ---------------------------------------------------------------- bad input
@@ -277,7 +320,9 @@ X_NAN[7, 0] = np.inf
         (lambda: evaluate(X_OK, Y_OK, n_triplets=0), "n_triplets must be >= 1"),
         (lambda: evaluate(X_OK, Y_OK, np.zeros(29)), "y must be a 1-D array"),
         (lambda: evaluate(X_OK, Y_OK, np.zeros(30), n_train=31), "n_train = 31 exceeds"),
-        (lambda: evaluate(X_OK, Y_OK, ks=(15,), trustworthiness=True), "trustworthiness needs"),
+        (lambda: evaluate(X_OK, Y_OK, n_trust=-1), "n_trust must be >= 0"),
+        (lambda: trustworthiness_continuity(X_OK, Y_OK, k=15), "need k = 15 < half"),
+        (lambda: distance_spearman(X_OK, Y_OK, n_pairs=2), "4 pairs"),
         (lambda: neighborhood_preservation(X_NAN, Y_OK, ks=(5,)), "X contains NaN or inf"),
         (lambda: random_triplet_accuracy(X_NAN, Y_OK), "X contains NaN or inf"),
         (lambda: random_triplet_accuracy(X_OK[:2], Y_OK[:2]), "at least 3 points"),

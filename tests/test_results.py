@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
+import signal
+import time
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +15,7 @@ import pytest
 from nebench import report, results
 from nebench.errors import InputError
 from nebench.io import atomic_open
-from nebench.plotting import plot_embedding
+from nebench.plotting import in_budget_order, plot_embedding
 from nebench.results import append_row, code_version, read_results
 
 WORKERS, ROWS_EACH = 8, 5
@@ -24,9 +27,8 @@ def _append_rows(path: str, worker: int) -> None:
         append_row(path, {"worker": worker, "i": i, f"method.p{worker % 3}": i, "payload": PAYLOAD})
 
 
-@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
-def test_concurrent_appends_keep_every_row_intact(tmp_path: Path, suffix: str) -> None:
-    path = str(tmp_path / f"results{suffix}")
+def test_concurrent_appends_keep_every_row_intact(tmp_path: Path) -> None:
+    path = str(tmp_path / "results.jsonl")
     ctx = multiprocessing.get_context("fork")
     procs = [ctx.Process(target=_append_rows, args=(path, w)) for w in range(WORKERS)]
     for p in procs:
@@ -44,22 +46,73 @@ def test_concurrent_appends_keep_every_row_intact(tmp_path: Path, suffix: str) -
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
 
-@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
-def test_rows_keep_types_lists_and_mixed_columns(tmp_path: Path, suffix: str) -> None:
-    path = tmp_path / f"r{suffix}"
+def test_an_append_never_rewrites_earlier_rows(tmp_path: Path) -> None:
+    path = tmp_path / "results.jsonl"
+    append_row(path, {"method": "a", "np@10": 0.5})
+    first = path.read_bytes()
+    inode = path.stat().st_ino
+    append_row(path, {"method": "b", "method.other": 1})
+    assert path.read_bytes().startswith(first) and path.stat().st_ino == inode
+
+
+def test_rows_keep_types_lists_and_mixed_columns(tmp_path: Path) -> None:
+    path = tmp_path / "r.jsonl"
     append_row(path, {"method": "a", "method.learning_rate": "auto", "method.ks": [10, 15]})
     append_row(path, {"method": "b", "method.learning_rate": 200.0, "np@15": 0.5})
+    append_row(path, {"method": "c", "code_version": "0123", "dataset.label": "007", "n": 5})
     table = read_results(path)
-    assert table["method"].tolist() == ["a", "b"]
+    assert table["method"].tolist() == ["a", "b", "c"]
     assert table["method.ks"].iloc[0] == "[10, 15]"
-    assert str(table["method.learning_rate"].iloc[0]) == "auto"
-    assert float(table["method.learning_rate"].iloc[1]) == 200.0
+    assert table["method.learning_rate"].iloc[0] == "auto"
+    assert table["method.learning_rate"].iloc[1] == 200.0
     assert pd.isna(table["np@15"].iloc[0]) and table["np@15"].iloc[1] == 0.5
+    # strings that look like numbers stay strings: no lost leading zeros
+    assert table["code_version"].iloc[2] == "0123" and table["dataset.label"].iloc[2] == "007"
+    assert table["code_version"].dtype == "string" and table["dataset.label"].dtype == "string"
+    assert table["n"].dtype == "Int64" and table["n"].iloc[2] == 5
+
+
+def test_a_row_that_breaks_the_schema_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(TypeError, match="code_version"):
+        append_row(tmp_path / "r.jsonl", {"method": "a", "code_version": 123})
+    with pytest.raises(TypeError, match="seed"):
+        append_row(tmp_path / "r.jsonl", {"method": "a", "seed": True})
+    assert not (tmp_path / "r.jsonl").exists()
+
+
+def _append_forever(path: str) -> None:
+    i = 0
+    while True:
+        append_row(path, {"i": i, "payload": "y" * 200_000})
+        i += 1
+
+
+def test_a_writer_killed_mid_append_leaves_every_completed_row(tmp_path: Path) -> None:
+    """SIGKILL a writer of large rows at random moments; whatever it left, every complete row
+    reads back intact, and the next append lands on its own line."""
+    path = tmp_path / "r.jsonl"
+    append_row(path, {"i": -1, "payload": "before"})
+    ctx = multiprocessing.get_context("fork")
+    for delay in (0.05, 0.13, 0.21):
+        proc = ctx.Process(target=_append_forever, args=(str(path),))
+        proc.start()
+        time.sleep(delay)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.join()
+    # and the torn line such a kill can leave, made by hand (a write cut short)
+    with open(path, "ab") as f:
+        f.write(b'{"i": 999, "payload": "tor')
+    append_row(path, {"i": -2, "payload": "after"})
+    table = read_results(path)
+    assert table["payload"].iloc[0] == "before" and table["payload"].iloc[-1] == "after"
+    middle = table.iloc[1:-1]
+    assert (middle["payload"] == "y" * 200_000).all() and 999 not in set(table["i"])
+    assert len(path.read_bytes().splitlines()) >= len(table)
 
 
 def test_unknown_table_format_is_an_input_error(tmp_path: Path) -> None:
-    with pytest.raises(InputError, match=".xlsx"):
-        append_row(tmp_path / "results.xlsx", {"a": 1})
+    with pytest.raises(InputError, match=r"\.csv.*results\.jsonl"):
+        append_row(tmp_path / "results.csv", {"a": 1})
 
 
 def test_atomic_open_leaves_old_file_on_failure(tmp_path: Path) -> None:
@@ -104,7 +157,7 @@ def _table() -> pd.DataFrame:
     rows = []
     for dataset in ("mnist", "arxiv"):
         for seed in (0, 1):
-            for epochs, devices, time in ((100, 1, 10.0), (500, 1, 40.0), (500, 4, 15.0)):
+            for epochs, devices, seconds in ((100, 1, 10.0), (500, 1, 40.0), (500, 4, 15.0)):
                 rows.append(
                     {
                         "method": "nomad",
@@ -117,7 +170,7 @@ def _table() -> pd.DataFrame:
                         "np@15": 0.35 + epochs / 5000 + seed / 100,
                         "rta": 0.6,
                         "knn_acc": 0.9,
-                        "time_total_s": time + seed,
+                        "time_total_s": seconds + seed,
                     }
                 )
             rows.append(
@@ -137,9 +190,14 @@ def _table() -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _write(table: pd.DataFrame, path: Path) -> Path:
+    for row in table.to_dict("records"):
+        append_row(path, {k: v for k, v in row.items() if not pd.isna(v)})
+    return path
+
+
 def test_report_writes_summary_and_fig3_plots(tmp_path: Path) -> None:
-    table = tmp_path / "results.csv"
-    _table().to_csv(table, index=False)
+    table = _write(_table(), tmp_path / "results.jsonl")
     report.main([str(table), "--out", str(tmp_path / "out"), "--k", "10"])
     summary = (tmp_path / "out" / "summary.md").read_text()
     lines = [line for line in summary.splitlines() if line.startswith("| ")]
@@ -157,10 +215,41 @@ def test_report_writes_summary_and_fig3_plots(tmp_path: Path) -> None:
     } <= set(header)
     assert "method.perplexity" not in header  # it never varies
     assert len(lines) == 1 + 2 * 4  # per dataset: nomad at 3 settings, openTSNE
-    nomad_500_1 = next(line for line in lines if "| mnist | nomad | 500 | cuda | 1 | 2 |" in line)
+    nomad_500_1 = next(line for line in lines if "| mnist | nomad | cuda | 1 | 500 | 2 |" in line)
     assert "0.455 ± 0.007" in nomad_500_1  # NP@15 mean ± sd over the two seeds
     for name in ("np_vs_time.png", "rta_vs_time.png"):
         assert (tmp_path / "out" / name).read_bytes()[:4] == b"\x89PNG"
+    assert len(pd.read_csv(tmp_path / "out" / "runs.csv")) == len(_table())
+
+
+@pytest.mark.parametrize(
+    "key, a, b",
+    [("dataset.n", 1000, 2000), ("holdout", False, True), ("metrics.n_eval", 5000, None),
+     ("code_version", "abc", "abd"), ("dataset.pca", 50, None)],
+)  # fmt: skip
+def test_report_keeps_runs_apart_that_differ_in_more_than_the_seed(key, a, b) -> None:
+    base = {"method": "nomad", "dataset": "mnist", "np@10": 0.4, "rta": 0.6, "time_total_s": 1.0}
+    table = pd.DataFrame(
+        [{**base, "seed": seed, key: value} for value in (a, b) for seed in (0, 1)]
+    )
+    summary = report.summarize(table, ["np@10", "rta"])
+    assert len(summary) == 2 and summary["seeds"].tolist() == [2, 2]
+    assert key in summary.columns  # the key that tells the rows apart is shown
+    lines = report.markdown(summary, ["np@10"]).splitlines()
+    assert key in lines[0] and len(lines) == 4
+
+
+def test_fig3_series_join_in_budget_order_not_time() -> None:
+    """A first run inflated by compilation (50 epochs slower than 100) must not zigzag."""
+    rows = [
+        {"method": "nomad", "dataset": "mnist", "seed": 0, "method.n_epochs": e,
+         "np@15": q, "rta": 0.6, "time_total_s": t}
+        for e, q, t in ((50, 0.27, 30.0), (100, 0.31, 12.0), (200, 0.33, 20.0))
+    ]  # fmt: skip
+    points = report.fig3_points(report.summarize(pd.DataFrame(rows), ["np@15", "rta"]), "np@15")
+    assert in_budget_order(points)["budget"].tolist() == [50, 100, 200]
+    tsimcne = pd.DataFrame([{**rows[0], "method.n_epochs": "[10, 1, 5]"}])
+    assert report.summarize(tsimcne, ["np@15"])["budget"].tolist() == [16]
 
 
 def test_fig3_series_split_by_device_setup() -> None:
@@ -169,9 +258,9 @@ def test_fig3_series_split_by_device_setup() -> None:
     assert series == {"nomad (cuda x 1)", "nomad (cuda x 4)", "opentsne"}
 
 
-@pytest.mark.parametrize("content", [None, "", "method,np@15\n"])
+@pytest.mark.parametrize("content", [None, "", "\n"])
 def test_report_explains_a_missing_or_empty_table(tmp_path: Path, capsys, content) -> None:
-    table = tmp_path / "results.csv"
+    table = tmp_path / "results.jsonl"
     if content is not None:
         table.write_text(content)
     with pytest.raises(SystemExit) as exit_info:
@@ -183,8 +272,7 @@ def test_report_explains_a_missing_or_empty_table(tmp_path: Path, capsys, conten
 
 
 def test_report_names_the_available_k(tmp_path: Path, capsys) -> None:
-    table = tmp_path / "results.parquet"
-    _table().to_parquet(table)
+    table = _write(_table(), tmp_path / "results.jsonl")
     with pytest.raises(SystemExit):
         report.main([str(table), "--k", "30"])
     assert "np@10, np@15" in capsys.readouterr().err

@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parents[2]
 EXPERIMENT_DIR = ROOT / "conf" / "experiment"
-TABLE = "results.csv"
+TABLE = "results.jsonl"
 
 
 def make(cfg: DictConfig) -> pd.DataFrame:
