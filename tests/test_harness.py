@@ -8,7 +8,9 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
@@ -279,6 +281,34 @@ def test_a_diverged_embedding_is_not_a_result(tmp_path: Path) -> None:
         run(cfg, tmp_path)
     assert not any((tmp_path / name).exists() for name in RESULT_FILES)
     assert not (tmp_path / "r.jsonl").exists()
+
+
+class _SlowFirstCall(EmbeddingMethod):
+    """Records every fit; the first fit in the process pays a one-off cost (like numba)."""
+
+    fits: ClassVar[list[tuple[int, int]]] = []
+
+    def __init__(self, n_epochs: int = 50, **params) -> None:
+        self.n_epochs, self.params = n_epochs, params
+
+    def fit_transform(self, X: np.ndarray) -> np.ndarray:
+        if not _SlowFirstCall.fits:
+            time.sleep(1.0)  # the "compilation"
+        _SlowFirstCall.fits.append((len(X), self.n_epochs))
+        return np.asarray(X[:, :2], dtype=np.float32)
+
+
+def test_one_off_work_lands_in_the_warm_up_not_the_total(tmp_path: Path) -> None:
+    needs_method("pca")
+    _SlowFirstCall.fits.clear()
+    overrides = ["method=pca", f"method._target_={__name__}._SlowFirstCall",
+                 "+method.n_epochs=50", f"results_file={tmp_path}/r.jsonl"]  # fmt: skip
+    metrics = run(task_config(overrides), tmp_path)
+    assert _SlowFirstCall.fits == [(300, 2), (1797, 50)]  # a capped copy on 300 rows first
+    assert metrics["time_warmup_s"] >= 1.0 > metrics["time_total_s"]
+    _SlowFirstCall.fits.clear()
+    cold = run(task_config([*overrides, "trainer.warmup=false"]), tmp_path)
+    assert _SlowFirstCall.fits == [(1797, 50)] and cold["time_total_s"] >= 1.0
 
 
 # --- real runs ----------------------------------------------------------------------------
