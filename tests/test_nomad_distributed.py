@@ -476,6 +476,7 @@ def test_auto_accelerator_falls_back_to_cpu(monkeypatch):
     assert Y.shape == (300, 2) and np.isfinite(Y).all()
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_run_embeds():
     X, y = blobs(1000)
