@@ -5,6 +5,10 @@ cpu), ``cpu`` or ``cuda`` (alias ``gpu``); ``trainer.devices``: how many (GPUs, 
 processes); ``trainer.gpus=N`` is short for ``accelerator=cuda devices=N``. Every request a run
 cannot honour is an ``InputError`` before any work starts. Only ``torch.cuda.is_available()``
 and ``torch.cuda.device_count()`` are called, and only when CUDA is in question.
+
+Under ``torchrun`` every process is one device: ``trainer.devices`` must equal the launch's
+``WORLD_SIZE`` (over all nodes), a node needs as many GPUs as it runs processes
+(``LOCAL_WORLD_SIZE``), and only rank 0 (``launch_rank``) evaluates and records the run.
 """
 
 from __future__ import annotations
@@ -54,12 +58,15 @@ def resolve_devices(
     if accelerator == "auto":
         use_cuda = "cuda" in method_cls.accelerators and _visible_gpus() > 0
         accelerator = "cuda" if use_cuda else "cpu"
+    _, world = launch_rank()
     if accelerator == "cuda":
         visible = _visible_gpus()
-        if devices > visible:
+        per_node = int(os.environ.get("LOCAL_WORLD_SIZE", devices)) if world > 1 else devices
+        if per_node > visible:
             fewer = f"ask for at most {visible} with trainer.gpus={visible}, or " if visible else ""
             raise InputError(
-                f"{devices} GPU(s) requested but torch sees {visible} "
+                f"{per_node} GPU(s) requested{' on this node' if world > 1 else ''} but torch "
+                f"sees {visible} "
                 f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}); "
                 f"{fewer}run {devices} CPU processes instead: trainer.accelerator=cpu "
                 f"trainer.devices={devices}."
@@ -76,8 +83,23 @@ def resolve_devices(
             "cannot be honoured; set trainer.devices=1 (and leave trainer.gpus unset). Methods "
             f"that can use several devices: {', '.join(multi_device_methods()) or 'none'}."
         )
+    if world > 1 and devices != world:
+        one = "" if method_cls.multi_device else f"method {method_name!r} runs on one device: "
+        raise InputError(
+            f"torchrun started {world} processes (WORLD_SIZE={world}) but trainer.devices="
+            f"{devices}; {one}each process is one device, so set trainer.devices={world}"
+            f"{' (trainer.gpus for CUDA)' if accelerator == 'cuda' else ''}, or run with "
+            "python run.py instead of torchrun."
+        )
     log.info("device: %s x %d", accelerator, devices)
     return accelerator, devices
+
+
+def launch_rank() -> tuple[int, int]:
+    """``(rank, world size)`` of this process in a torchrun launch (its ``RANK`` and
+    ``WORLD_SIZE``), ``(0, 1)`` otherwise."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return (int(os.environ.get("RANK", "0")), world) if world > 1 else (0, 1)
 
 
 def multi_device_methods(conf_dir: Path = METHOD_CONF_DIR) -> list[str]:

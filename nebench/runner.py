@@ -15,6 +15,11 @@ the embedding and writes the run contract into the Hydra run dir:
   (not part of the total), ``peak_rss_gb``, ``n``, ``dim``, ``accelerator``, ``devices``;
   written last of the files, then one row is appended to the results table.
 
+The result files are written into a hidden ``.incomplete/`` dir and moved in at the end,
+``metrics.json`` last, so a run killed before then (SIGKILL, a node lost) leaves no file that
+looks like a result and no row. Under ``torchrun`` every rank fits its share; only rank 0
+writes ``config.yaml``, evaluates, writes the files and appends the row.
+
 ``main`` is the Hydra task: a failed run removes its result files, leaves ``error.txt`` and
 exits non-zero (a job of a sweep returns instead, so the sweep goes on; ``SweepFailures``
 makes the sweep exit non-zero at its end).
@@ -26,6 +31,7 @@ import inspect
 import json
 import logging
 import os
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -44,7 +50,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from metrics import evaluate
 from nebench.datasets import check_data, load_dataset
-from nebench.devices import resolve_devices
+from nebench.devices import launch_rank, resolve_devices
 from nebench.errors import InputError
 from nebench.io import atomic_open
 from nebench.map import write_map
@@ -58,6 +64,8 @@ log = logging.getLogger(__name__)
 #: files that only a successful run leaves (removed when a run fails)
 RESULT_FILES = ("embedding.npy", "embedding.png", "embedding.html", "metrics.json", "loss_log.csv")
 ERROR_FILE = "error.txt"
+#: hidden dir in the run dir where the result files are written before they are moved in
+STAGING_DIR = ".incomplete"
 #: method config keys that are not constructor arguments
 CONFIG_KEYS = ("name", "_target_")
 #: constructor arguments the harness sets (from ``seed`` and ``trainer``), never the method config
@@ -221,8 +229,10 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     """Run the configured method on the configured dataset; write the run contract into
     ``out_dir``, append the results row, and return the contents of ``metrics.json``."""
     resolved = _container(cfg, "the config")
-    with atomic_open(out_dir / "config.yaml", "w") as f:
-        f.write(OmegaConf.to_yaml(resolved))
+    rank, world = launch_rank()
+    if rank == 0:
+        with atomic_open(out_dir / "config.yaml", "w") as f:
+            f.write(OmegaConf.to_yaml(resolved))
     results_file = check_results_path(cfg.results_file)
     plan = prepare(cfg)
 
@@ -243,6 +253,10 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
             start = time.perf_counter()
             Y = plan.method.fit_transform(data.X)
             time_total = time.perf_counter() - start
+    if rank != 0:  # every rank holds the whole embedding; one evaluates and records it
+        log.info("rank %d of %d: fit done; rank 0 evaluates, writes the run's files and "
+                 "appends its row", rank, world)
+        return {}
     Y = check_embedding(Y, n, plan.name)
 
     start = time.perf_counter()
@@ -265,17 +279,22 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         }
     )
 
-    with atomic_open(out_dir / "embedding.npy") as f:
+    # result files go to a hidden staging dir first: a run killed while writing them (a plot
+    # of 10^6 points takes seconds) leaves nothing in out_dir that looks like a result
+    stage = out_dir / STAGING_DIR
+    stage.mkdir(exist_ok=True)
+    with atomic_open(stage / "embedding.npy") as f:
         np.save(f, Y)
     loss_log = getattr(plan.method, "loss_log_", None)
     if loss_log:  # umap_loss with sampling=edges: umap-true-loss Fig. 3's curves
-        with atomic_open(out_dir / "loss_log.csv", "w") as f:
+        with atomic_open(stage / "loss_log.csv", "w") as f:
             pd.DataFrame(loss_log).to_csv(f, index=False)
     title = f"{plan.name} on {data.name} (n={n:,}, seed {cfg.seed}, {time_total:.1f} s)"
-    plot_embedding(Y, out_dir / "embedding.png", data.y, data.label_names, title)
-    write_map(Y, out_dir / "embedding.html", data.y, data.label_names, data.text, title, data.name)
-    with atomic_open(out_dir / "metrics.json", "w") as f:
+    plot_embedding(Y, stage / "embedding.png", data.y, data.label_names, title)
+    write_map(Y, stage / "embedding.html", data.y, data.label_names, data.text, title, data.name)
+    with atomic_open(stage / "metrics.json", "w") as f:
         json.dump(metrics, f, indent=2)
+    _publish(stage, out_dir)
     log.info("result:\n%s", result_table(plan.name, data.name, metrics))
     row = {
         "method": plan.name,
@@ -452,7 +471,16 @@ def under_torchrun() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+def _publish(stage: Path, out_dir: Path) -> None:
+    """Move the staged result files into the run dir, ``metrics.json`` last (each move is an
+    atomic rename), and remove the staging dir."""
+    for path in sorted(stage.iterdir(), key=lambda p: p.name == "metrics.json"):
+        os.replace(path, out_dir / path.name)
+    stage.rmdir()
+
+
 def _record_failure(out_dir: Path, exc: BaseException) -> None:
+    shutil.rmtree(out_dir / STAGING_DIR, ignore_errors=True)
     for name in RESULT_FILES:
         (out_dir / name).unlink(missing_ok=True)
     if isinstance(exc, InputError):
