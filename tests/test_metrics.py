@@ -341,3 +341,19 @@ def test_evaluate_validates_before_heavy_work(monkeypatch):
     monkeypatch.setattr(evaluation_module, "neighborhood_preservation", fail)
     with pytest.raises(InputError, match="n_train"):
         evaluate(X_OK, Y_OK, np.zeros(30), n_train=99, ks=(5,))
+
+
+def test_np_at_k_and_knn_accuracy_against_torchdr():
+    """TorchDR 0.5's neighborhood_preservation is the same |N_X ∩ N_Y| / k (over all points,
+    exact backend); its knn_label_accuracy is neighbourhood hit, not a held-out classifier."""
+    eval_module = pytest.importorskip("torchdr.eval")
+    rng = np.random.default_rng(6)
+    X = rng.normal(size=(300, 8))
+    Y = X[:, :2] + 0.3 * rng.normal(size=(300, 2))
+    ours = neighborhood_preservation(X, Y, (10,), n_eval=None)[10][0]
+    theirs = float(eval_module.neighborhood_preservation(X, Y, K=10, backend=None))
+    assert ours == pytest.approx(theirs, abs=1e-6)  # TorchDR counts in float32
+    y = (X[:, 0] > 0).astype(np.int64)
+    hit = float(eval_module.knn_label_accuracy(Y, y, k=10, backend=None))
+    neighbours = exact_knn(Y, np.arange(300), 10)
+    assert hit == pytest.approx((y[neighbours] == y[:, None]).mean(), abs=1e-6)
