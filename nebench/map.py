@@ -181,7 +181,7 @@ def page_data(
         else np.arange(n)
     )
     shown = len(rows)
-    alpha = int(np.clip(255 * np.sqrt(20_000 / max(shown, 1)), 60, 255))
+    alpha = int(np.clip(255 * np.sqrt(20_000 / max(shown, 1)), 60, 120 if sampled else 255))
     maps = []
     for name, Y in embeddings:
         Y = np.asarray(Y)
@@ -202,6 +202,7 @@ def page_data(
         "label_dtype": "u1" if codes.dtype == np.uint8 else "u2",
         "label_names": names,
         "label_values": classes.tolist(),
+        "label_counts": np.bincount(codes, minlength=len(classes) + 1).tolist(),
         "colors": colors,
         "text": _texts(text, rows, n),
         "maps": maps,

@@ -66,8 +66,10 @@ def screenshot(page: str | PathLike, png: str | PathLike, width: int = 1200, hei
     """Render ``page`` (a local file) to ``png``; raises when Chromium writes no image."""
     png = Path(png).resolve()
     proc = _run(
+        # every compositor stage before the capture: WebGL frames are in the image under load
         [f"--window-size={width},{height}", "--virtual-time-budget=5000",
-         f"--screenshot={png}", Path(page).resolve().as_uri()],
+         "--run-all-compositor-stages-before-draw", f"--screenshot={png}",
+         Path(page).resolve().as_uri()],
         timeout,
     )
     if not png.is_file():

@@ -96,7 +96,8 @@
       var c = code ? self.rgb[code - 1] : [170, 170, 170];
       sw.style.background = "rgb(" + c.join(",") + ")";
       el("span", "nb-name", row, code ? self.names[code - 1] : "unlabelled");
-      el("span", "nb-count", row, self.counts[code].toLocaleString());
+      // counts over all points (a sampled page selects among its sample)
+      el("span", "nb-count", row, (d.label_counts ? d.label_counts[code] : self.counts[code]).toLocaleString());
       row.dataset.code = code;
       row.onclick = function (ev) { self.selectLabel(code, ev.ctrlKey || ev.metaKey || ev.shiftKey); };
       self.legendRows.push(row);
@@ -275,6 +276,7 @@
   MapView.prototype.lassoSelect = function (poly, add) {
     // poly: [[x, y], ...] in CSS px; selects the shown points inside it (even-odd rule)
     var app = this.app, n = app.n, sel = add && app.selection ? app.selection.slice() : new Uint8Array(n);
+    this.lastLasso = poly;
     var minx = Infinity, maxx = -Infinity, miny = Infinity, maxy = -Infinity;
     poly.forEach(function (p) {
       minx = Math.min(minx, p[0]); maxx = Math.max(maxx, p[0]);
@@ -384,14 +386,15 @@
 
   MapView.prototype.pointSize = function () {
     var n = this.app.n, base = Math.sqrt(this.W * this.H / Math.max(n, 1)) * 0.55;
-    base = Math.min(6, Math.max(1, base));
+    base = Math.min(this.densityCanvas ? 2 : 6, Math.max(1, base)); // a sample over a raster: small
     return Math.min(16, base * Math.sqrt(this.k / this.k0));
   };
 
   MapView.prototype.drawGL = function () {
     var gl = this.gl, L = this.loc, b = this.b, xr = b[1] - b[0] || 1, yr = b[3] - b[2] || 1;
     gl.viewport(0, 0, this.canvas.width, this.canvas.height);
-    gl.clearColor(BG[0], BG[1], BG[2], this.densityCanvas ? 0 : 1);
+    if (this.densityCanvas) gl.clearColor(0, 0, 0, 0); // premultiplied: transparent over the raster
+    else gl.clearColor(BG[0], BG[1], BG[2], 1);
     gl.clear(gl.COLOR_BUFFER_BIT);
     gl.enable(gl.BLEND);
     gl.blendFunc(gl.SRC_ALPHA, gl.ONE_MINUS_SRC_ALPHA);
@@ -417,9 +420,12 @@
     void self;
   };
 
-  /* canvas 2D: a density view at screen resolution (mean colour of a pixel's points) */
+  /* canvas 2D: squares per point up to CANVAS_POINTS points, above that a density view at
+   * screen resolution (mean colour of a pixel's points, opacity by log density) */
+  var CANVAS_POINTS = 100000;
   MapView.prototype.drawCanvas = function () {
     var ctx = this.ctx, w = this.canvas.width, h = this.canvas.height, app = this.app, n = app.n;
+    if (n <= CANVAS_POINTS) return this.drawCanvasPoints();
     var r = new Float32Array(w * h), g = new Float32Array(w * h), bl = new Float32Array(w * h), cnt = new Float32Array(w * h);
     var dpr = this.dpr, sel = app.selection;
     for (var i = 0; i < n; i++) {
@@ -438,6 +444,32 @@
       px[4 * i + 3] = 80 + 175 * Math.log(1 + cnt[i]) / norm;
     }
     ctx.putImageData(img, 0, 0);
+  };
+
+  MapView.prototype.drawCanvasPoints = function () {
+    var ctx = this.ctx, app = this.app, dpr = this.dpr, s = this.pointSize(), sel = app.selection;
+    ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+    ctx.clearRect(0, 0, this.W, this.H);
+    if (!app.byCode) { // rows grouped by label code, once
+      var start = new Uint32Array(app.counts.length + 1), byCode = new Uint32Array(app.n), i;
+      for (i = 0; i < app.n; i++) start[app.codes[i] + 1]++;
+      for (i = 0; i < app.counts.length; i++) start[i + 1] += start[i];
+      var fill = start.slice(0, app.counts.length);
+      for (i = 0; i < app.n; i++) byCode[fill[app.codes[i]]++] = app.order[i];
+      app.byCode = byCode;
+      app.codeStart = start;
+    }
+    for (var pass = 0; pass < 2; pass++) { // unselected (faded when a selection exists), then selected
+      for (var c = 0; c < app.counts.length; c++) {
+        var rgb = c ? app.rgb[c - 1] : [170, 170, 170], faded = sel && pass === 0;
+        ctx.fillStyle = faded ? "rgba(205,205,205,0.35)" : "rgba(" + rgb.join(",") + "," + (this.spec.alpha / 255) + ")";
+        for (var j = app.codeStart[c]; j < app.codeStart[c + 1]; j++) {
+          var k = app.byCode[j];
+          if (sel ? (sel[k] ? 1 : 0) !== pass : pass === 1) continue;
+          ctx.fillRect(this.px(k) - s / 2, this.py(k) - s / 2, s, s);
+        }
+      }
+    }
   };
 
   MapView.prototype.drawDensity = function () {
@@ -580,6 +612,12 @@
     // synthetic user actions through the page's own event handlers; the result goes into the DOM
     var out = { renderer: app.maps.map(function (m) { return m.renderer; }), n_shown: app.n, maps: app.maps.length };
     out.drawn_pixels = app.maps.map(countDrawn);
+    out.density_pixels = app.maps.map(function (m) { // raster pixels drawn under a sampled map
+      if (!m.densityCanvas) return 0;
+      var d = m.densityCanvas.getContext("2d").getImageData(0, 0, m.densityCanvas.width, m.densityCanvas.height).data, k = 0;
+      for (var i = 0; i < d.length; i += 4) if (d[i] < 250 || d[i + 1] < 250 || d[i + 2] < 250) k++;
+      return k;
+    });
     var m0 = app.maps[0], r = m0.stage.getBoundingClientRect();
     // hover: the mouse on (the whole pixel of) the point nearest the middle of the map; the
     // expected row is the nearest point to that pixel by brute force (the page uses its grid)
@@ -608,14 +646,14 @@
     out.legend.drawn_pixels_after = app.maps.map(countDrawn);
     // lasso (shift+drag) around the centre quarter of map 0, through mouse events
     var poly = [[0.25, 0.25], [0.75, 0.25], [0.75, 0.75], [0.25, 0.75]].map(function (p) {
-      return [p[0] * m0.W, p[1] * m0.H];
+      return [Math.round(p[0] * m0.W), Math.round(p[1] * m0.H)];
     });
     fire(m0.stage, "mousedown", r.left + poly[0][0], r.top + poly[0][1], { shiftKey: true });
     for (i = 1; i < poly.length; i++) fire(window, "mousemove", r.left + poly[i][0], r.top + poly[i][1], { shiftKey: true });
     fire(window, "mouseup", r.left + poly[0][0], r.top + poly[0][1], { shiftKey: true });
     var rows = [];
     for (i = 0; i < app.n; i++) if (app.selection && app.selection[i]) rows.push(app.rowOf(i));
-    out.lasso = { polygon_px: poly, selected_rows: rows };
+    out.lasso = { polygon_px: m0.lastLasso, selected_rows: rows }; // as the page received it
     // the lassoed points, where they lie in every map (the same rows, linked)
     out.lasso.per_map_selected = app.maps.map(function (m) {
       return m.renderer === "webgl" ? m.nSelDraw : app.nSelected;
@@ -666,14 +704,21 @@
     app.maps.forEach(function (m) { m.draw(); });
     app.loadMs = now() - t;
     window.nebench = { app: app, maps: app.maps, countDrawn: countDrawn };
-    var out = null;
-    if (/selftest/.test(location.hash)) out = selftest(app);
-    var mb = /bench=(\d+)/.exec(location.hash);
-    if (mb) out = bench(app, +mb[1]);
-    if (out) {
-      var pre = el("pre", null, document.body, JSON.stringify(out));
-      pre.id = "nebench-result";
-    }
+    // the tests and the benchmark run once density rasters (data: URLs, decoded async) are in
+    var rasters = app.maps.filter(function (m) { return m.densityImg; }).map(function (m) {
+      return m.densityImg.decode().catch(function () {});
+    });
+    Promise.all(rasters).then(function () {
+      var out = null;
+      if (rasters.length) app.maps.forEach(function (m) { m.draw(); });
+      if (/selftest/.test(location.hash)) out = selftest(app);
+      var mb = /bench=(\d+)/.exec(location.hash);
+      if (mb) out = bench(app, +mb[1]);
+      if (out) {
+        var pre = el("pre", null, document.body, JSON.stringify(out));
+        pre.id = "nebench-result";
+      }
+    });
   }
 
   if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);
