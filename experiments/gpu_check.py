@@ -47,6 +47,7 @@ import argparse
 import concurrent.futures
 import contextlib
 import datetime as dt
+import functools
 import json
 import os
 import platform
@@ -368,6 +369,8 @@ def step_setup(ctx: Context, step: Step, timeout: float) -> dict[str, Any]:
         raise StepFailed("; ".join([*failures, still]))
     if missing:
         notes.append(f"optional, missing: {', '.join(missing)}")
+    files = sorted(f.name for f in ctx.data_dir.glob("*.npz"))
+    notes.append(f"data: {', '.join(files)}" if files else f"no .npz files in {ctx.data_dir}")
     result["note"] = "; ".join([*notes, *failures])
     return result
 
@@ -742,6 +745,7 @@ def meta(ctx: Context) -> dict[str, Any]:
     }
 
 
+@functools.lru_cache(maxsize=1)
 def _driver() -> str | None:
     smi = shutil.which("nvidia-smi")
     if not smi:
@@ -761,6 +765,7 @@ def _mem_gib() -> float | None:
     return None
 
 
+@functools.lru_cache(maxsize=1)
 def code_version() -> str:
     with contextlib.suppress(Exception):
         out = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT,

@@ -138,6 +138,13 @@ def test_a_command_past_its_limit_is_killed(ctx, tmp_path):
     assert done.rc == 3 and not done.timed_out
 
 
+def test_a_failing_rank_fails_the_step_with_its_error(ctx):
+    # NCCL on CPU tensors (or a torch without NCCL) cannot work: both ranks exit with an error
+    step = _step("dist_nccl_cuda", gpu_check.step_dist("nccl"))
+    with pytest.raises(gpu_check.StepFailed, match="nccl with 2 processes on one device: exit codes"):
+        gpu_check.run_dist(ctx, step, 120, "nccl", "")
+
+
 def test_np10_row_compares_gpu_with_cpu(ctx):
     def runs(gpu, cpu):
         for name, v, acc in (("nomad_mnist_gpu", gpu, "cuda"), ("nomad_mnist_cpu", cpu, "cpu")):
