@@ -25,7 +25,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from nebench.data import files, preprocess, synthetic
+from nebench.data import files, infimnist, preprocess, synthetic
 from nebench.data.checks import check_data
 from nebench.data.dataset import Dataset
 from nebench.errors import InputError
@@ -146,6 +146,24 @@ def _vectors(
     return ds
 
 
+def _mnist1m(
+    data_dir: Path,
+    seed: int,
+    name: str,
+    *,
+    file: str = "mnist.npz",
+    n_samples: int = 1_000_000,
+    generation_seed: int = 0,
+    cache_dir: str | None = None,
+) -> Dataset:
+    """MNIST grown to ``n_samples`` rows by small random deformations of the training digits
+    (``nebench.data.infimnist``); generated once from ``generation_seed`` into ``cache_dir``
+    (null: ``data_dir``) and memory-mapped."""
+    mnist = _npz(data_dir, seed, "mnist", file=file)
+    cache = data_dir if cache_dir is None else files.resolve(cache_dir, data_dir)
+    return infimnist.load(mnist, n_samples, generation_seed, cache, name)
+
+
 #: loader name (the ``loader`` key of a dataset config) -> function; its keyword-only
 #: parameters are the loader's config keys
 LOADERS: dict[str, Callable[..., Dataset]] = {
@@ -154,6 +172,7 @@ LOADERS: dict[str, Callable[..., Dataset]] = {
     "rings": _rings,
     "npz": _npz,
     "vectors": _vectors,
+    "mnist1m": _mnist1m,
 }
 
 
@@ -180,9 +199,10 @@ def load_dataset(cfg: Mapping, data_dir: str | PathLike, seed: int = 0) -> Datas
     check_data(ds.X)
     if n is not None:
         ds = preprocess.subsample(ds, n, seed)
-    X = preprocess.to_float32(ds.X)
-    if n_pca is not None:
-        X = preprocess.pca(X, n_pca, seed)
+    if n_pca is not None:  # casts chunk by chunk: no float32 copy of all the raw data
+        X = preprocess.pca(ds.X, n_pca, seed)
+    else:
+        X = preprocess.to_float32(ds.X)
     if l2:
         X = preprocess.l2_normalize(X)
     ds.X = X

@@ -60,7 +60,7 @@ def need_file(name: str | None) -> None:
 
 
 def test_every_config_is_tested():
-    assert set(CONFIGS) == set(EXPECTED) | set(PAPER_SETS) | {"vectors", "gaussians_1m"}
+    assert set(CONFIGS) == set(EXPECTED) | set(PAPER_SETS) | {"vectors", "gaussians_1m", "mnist1m"}
 
 
 @pytest.mark.parametrize("name", CONFIGS)
@@ -390,3 +390,47 @@ def test_load_dataset_rejects_nan_rows_before_preprocessing(tmp_path):
     np.save(tmp_path / "nan.npy", X)
     with pytest.raises(InputError, match="first at row 3"):
         load_dataset({"loader": "vectors", "path": "nan.npy", "pca": 2}, tmp_path)
+
+
+# ---------------------------------------------------------------- mnist1m
+
+
+def test_mnist1m_grows_mnist_keeps_the_test_digits_apart_and_caches(tmp_path):
+    """80,000 rows: the 60,000 train digits, 10,000 deformed copies of the first 10,000 of them,
+    the 10,000 test digits untouched; generated once, the same from the same seed."""
+    need_file("mnist.npz")
+    overrides = ("dataset.n_samples=80000", f"dataset.cache_dir={tmp_path}", "dataset.pca=null")
+    cfg = compose_dataset("mnist1m", overrides=overrides)
+    ds = load_dataset(cfg, DATA_DIR, seed=0)
+    mnist = np.load(DATA_DIR / "mnist.npz")
+    X0, y0 = mnist["X"], mnist["y"]
+    assert ds.X.shape == (80000, 784) and ds.n_train == 70000 and ds.image_shape == (28, 28)
+    assert np.array_equal(ds.X[:60000], X0[:60000]) and np.array_equal(ds.X[70000:], X0[60000:])
+    assert np.array_equal(ds.y[60000:70000], y0[:10000]) and np.array_equal(ds.y[70000:], y0[60000:])
+    copies, originals = ds.X[60000:70000].astype(float), X0[:10000].astype(float)
+    assert not np.array_equal(copies, originals)  # deformed ...
+    corr = [np.corrcoef(copies[i], originals[i])[0, 1] for i in range(0, 10000, 50)]
+    assert np.median(corr) > 0.5  # ... yet close to their digit
+    # a deformed copy stays a digit of its class: its nearest undeformed digit shares its label
+    rows = np.arange(0, 10000, 100)
+    nearest = [np.argmin(((originals - copies[i]) ** 2).sum(1)) for i in rows]
+    assert np.mean(y0[nearest] == y0[rows]) >= 0.9
+    cached = list(tmp_path.glob("mnist1m_*.npy"))
+    assert len(cached) == 1 and isinstance(ds.X, np.ndarray)
+    mtime = cached[0].stat().st_mtime_ns
+    again = load_dataset(compose_dataset("mnist1m", overrides=overrides[:2] + ("dataset.n=5000",)),
+                         DATA_DIR, seed=1)  # fmt: skip
+    assert cached[0].stat().st_mtime_ns == mtime  # read, not regenerated
+    assert again.X.shape == (5000, 50)  # PCA to 50 like mnist
+
+
+def test_mnist1m_needs_a_writable_cache_and_enough_rows(tmp_path):
+    need_file("mnist.npz")
+    small = compose_dataset("mnist1m", overrides=("dataset.n_samples=1000",))
+    with pytest.raises(InputError, match="n_samples"):
+        load_dataset(small, DATA_DIR)
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    cfg = compose_dataset("mnist1m", overrides=("dataset.n_samples=70000", f"dataset.cache_dir={blocked}"))
+    with pytest.raises(InputError, match="cache_dir"):
+        load_dataset(cfg, DATA_DIR)

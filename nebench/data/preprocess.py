@@ -40,7 +40,8 @@ def pca(X: np.ndarray, n_components: int, seed: int) -> np.ndarray:
     """Project onto the top ``n_components`` principal axes (sklearn PCA, random_state=seed).
 
     For more than ``PCA_FIT_MAX`` points, the axes are fitted on a seeded subsample of that
-    size and all points are transformed in chunks of ``CHUNK_ROWS``.
+    size and all points are transformed in chunks of ``CHUNK_ROWS``. Any dtype (e.g. a uint8
+    memmap) is cast to float32 one chunk at a time.
     """
     n, d = X.shape
     if n_components > min(n, d):
@@ -50,12 +51,12 @@ def pca(X: np.ndarray, n_components: int, seed: int) -> np.ndarray:
         )
     model = PCA(n_components=n_components, random_state=seed)
     if n <= PCA_FIT_MAX:
-        return to_float32(model.fit_transform(X))
+        return to_float32(model.fit_transform(to_float32(X)))
     fit_idx = np.sort(np.random.default_rng(seed).choice(n, size=PCA_FIT_MAX, replace=False))
-    model.fit(X[fit_idx])
+    model.fit(to_float32(X[fit_idx]))
     out = np.empty((n, n_components), dtype=np.float32)
     for start in range(0, n, CHUNK_ROWS):
-        out[start : start + CHUNK_ROWS] = model.transform(X[start : start + CHUNK_ROWS])
+        out[start : start + CHUNK_ROWS] = model.transform(to_float32(X[start : start + CHUNK_ROWS]))
     return out
 
 
