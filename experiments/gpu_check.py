@@ -72,6 +72,10 @@ NP10_TOLERANCE = 0.01
 #: pure-Python packages the GPU image lacks (KINDS.md lists what it has): module -> distribution
 NEEDED = {"hydra": "hydra-core", "omegaconf": "omegaconf", "antlr4": "antlr4-python3-runtime"}
 OPTIONAL = {"torchdr": "torchdr", "faiss": "faiss-cpu"}
+#: what pip asks PyPI for, always with --no-deps: a dependency resolved there could replace the
+#: image's CUDA build of torch (their other needs, numpy, PyYAML, packaging, are in the image)
+PYPI_SPECS = {"hydra": "hydra-core>=1.3", "omegaconf": "omegaconf>=2.3",
+              "antlr4": "antlr4-python3-runtime==4.9.3", "torchdr": "torchdr==0.5", "faiss": "faiss-cpu"}
 #: expected in the GPU image; reported, never installed
 BASE = ("torch", "numpy", "scipy", "sklearn", "pandas", "pyarrow", "matplotlib", "numba",
         "filelock", "psutil", "tqdm", "yaml", "pytest")
@@ -285,10 +289,17 @@ def harness_run(ctx: Context, step: Step, timeout: float, overrides: list[str]) 
 
 
 def _phases(m: dict[str, Any]) -> str:
-    phases = [f"{k[5:-2]} {v:.1f}" for k, v in m.items()
-              if k.startswith("time_") and k.endswith("_s") and k not in ("time_total_s", "time_metrics_s")
-              and isinstance(v, (int, float))]
-    return f"total {m.get('time_total_s', float('nan')):.1f} s" + (f" ({', '.join(phases)})" if phases else "")
+    """``total T s (knn a, init b, fit c)``; the runner's untimed warm-up and the held-out
+    transform (not part of the total) after it."""
+    apart = {"time_total_s": "", "time_metrics_s": "", "time_warmup_s": "warm-up (not in total)",
+             "time_transform_s": "transform (not in total)"}
+    phases = [f"{k[5:-2]} {v:.1f}" for k, v in m.items() if k.startswith("time_") and k.endswith("_s")
+              and k not in apart and isinstance(v, (int, float))]
+    text = f"total {m.get('time_total_s', float('nan')):.1f} s" + (f" ({', '.join(phases)})" if phases else "")
+    for key, label in apart.items():
+        if label and isinstance(m.get(key), (int, float)):
+            text += f", {label} {m[key]:.1f} s"
+    return text
 
 
 def _gpu_mem(m: dict[str, Any]) -> str:
@@ -353,9 +364,9 @@ def step_setup(ctx: Context, step: Step, timeout: float) -> dict[str, Any]:
             ctx.probe = probe(ctx, log, deadline)
         still = [m for m in (*NEEDED, *OPTIONAL) if not ctx.has(m)]
         if still:
-            dists = [{**NEEDED, **OPTIONAL}[m] for m in still]
-            proc = run_cmd(ctx, [ctx.python, "-m", "pip", "install", "-q", "--retries", "0", "--timeout",
-                                 "5", "--target", str(site), *dists], log,
+            dists = [PYPI_SPECS[m] for m in still]
+            proc = run_cmd(ctx, [ctx.python, "-m", "pip", "install", "-q", "--no-deps", "--retries", "0",
+                                 "--timeout", "5", "--target", str(site), *dists], log,
                            min(60.0, deadline - time.monotonic()))
             outcome = "ok" if proc.rc == 0 else ("timed out" if proc.timed_out else f"pip exited {proc.rc}")
             (notes if proc.rc == 0 else failures).append(f"pip install {' '.join(dists)} from PyPI: {outcome}")
