@@ -74,7 +74,7 @@ NEEDED = {"hydra": "hydra-core", "omegaconf": "omegaconf", "antlr4": "antlr4-pyt
 OPTIONAL = {"torchdr": "torchdr", "faiss": "faiss-cpu"}
 #: what pip asks PyPI for, always with --no-deps: a dependency resolved there could replace the
 #: image's CUDA build of torch (their other needs, numpy, PyYAML, packaging, are in the image)
-PYPI_SPECS = {"hydra": "hydra-core>=1.3", "omegaconf": "omegaconf>=2.3",
+PYPI_SPECS = {"hydra": "hydra-core==1.3.8", "omegaconf": "omegaconf==2.3.1",
               "antlr4": "antlr4-python3-runtime==4.9.3", "torchdr": "torchdr==0.5", "faiss": "faiss-cpu"}
 #: expected in the GPU image; reported, never installed
 BASE = ("torch", "numpy", "scipy", "sklearn", "pandas", "pyarrow", "matplotlib", "numba",
@@ -882,7 +882,7 @@ def prepare(args: argparse.Namespace) -> None:
         except md.PackageNotFoundError:
             return f"{dist}=={default}"
 
-    pure = [pin("hydra-core", "1.3.2"), pin("omegaconf", "2.3.0"),
+    pure = [pin("hydra-core", "1.3.8"), pin("omegaconf", "2.3.1"),
             pin("antlr4-python3-runtime", "4.9.3"), pin("torchdr", "0.5")]
     # pure-Python: built or fetched as py3-none-any wheels (antlr4 4.9.3 exists only as an sdist)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheels), *pure],
