@@ -78,10 +78,15 @@ def screenshot(page: str | PathLike, png: str | PathLike, width: int = 1200, hei
 
 
 def page_result(page: str | PathLike, fragment: str = "selftest", width: int = 1200,
-                height: int = 800, timeout: float = 300) -> dict:
-    """Open ``page#fragment`` and return the JSON its script wrote into ``#nebench-result``."""
+                height: int = 800, timeout: float = 300, virtual_time: bool = True) -> dict:
+    """Open ``page#fragment`` and return the JSON its script wrote into ``#nebench-result``.
+
+    ``virtual_time`` lets the page's asynchronous work (decoding a density raster) finish
+    before the DOM is dumped; timings need real time (``virtual_time=False``), and then only a
+    page whose result does not wait on a raster is dumped with it."""
+    budget = ["--virtual-time-budget=5000"] if virtual_time else []
     proc = _run(
-        [f"--window-size={width},{height}", "--virtual-time-budget=5000", "--dump-dom",
+        [f"--window-size={width},{height}", *budget, "--dump-dom",
          f"{Path(page).resolve().as_uri()}#{fragment}"],
         timeout,
     )

@@ -9,6 +9,11 @@
   var BG = [1, 1, 1];
   var FADED = [205, 205, 205, 90];
   var HOVER_RADIUS = 8; // px
+  // while the view moves, frames draw this many points: the GPU buffers are in a random order,
+  // so their first LOD_POINTS are a uniform sample; the full map follows once the view rests
+  var LOD_POINTS = 250000, LOD_REST_MS = 200;
+  // the canvas renderer draws squares per point up to this many points, a density view above
+  var CANVAS_POINTS = 100000;
 
   function b64bytes(s) {
     var bin = atob(s), out = new Uint8Array(bin.length);
@@ -191,11 +196,22 @@
     this.overlay = el("canvas", "nb-layer nb-overlay", stage);
     this.buildIndex();
     this.resize();
+    // WebGL, unless the page asks for canvas (#renderer=canvas) or the browser has no WebGL;
+    // a software WebGL (SwiftShader, llvmpipe: no GPU) draws many points slower than the
+    // canvas density view, so above CANVAS_POINTS it gets that instead (#renderer=webgl keeps it)
     this.renderer = "webgl";
     if (app.forceCanvas || !this.initGL()) {
       this.renderer = "canvas";
-      this.ctx = this.canvas.getContext("2d");
+    } else if (this.softwareGL() && app.n > CANVAS_POINTS && !/renderer=webgl/.test(location.hash)) {
+      this.renderer = "canvas";
+      this.gl = null;
+      var fresh = el("canvas", "nb-layer");
+      fresh.width = this.canvas.width;
+      fresh.height = this.canvas.height;
+      stage.replaceChild(fresh, this.canvas);
+      this.canvas = fresh;
     }
+    if (this.renderer === "canvas") this.ctx = this.canvas.getContext("2d");
     this.resetView();
     this.bindEvents();
     var self = this;
@@ -346,6 +362,13 @@
     return true;
   };
 
+  MapView.prototype.softwareGL = function () {
+    var gl = this.gl, ext = gl.getExtension("WEBGL_debug_renderer_info");
+    var name = String(gl.getParameter(ext ? ext.UNMASKED_RENDERER_WEBGL : gl.RENDERER) || "");
+    this.glName = name;
+    return /swiftshader|llvmpipe|softpipe|software/i.test(name);
+  };
+
   MapView.prototype.pointColors = function (faded) {
     var app = this.app, n = app.n, order = app.order, col = new Uint8Array(4 * n), a = this.spec.alpha;
     var sel = app.selection;
@@ -415,25 +438,36 @@
       gl.vertexAttribPointer(L.col, 4, gl.UNSIGNED_BYTE, true, 0, 0);
       gl.drawArrays(gl.POINTS, 0, count);
     }
-    pass(this.posBuf, this.colBuf, this.app.n);
+    pass(this.posBuf, this.colBuf, this.interacting ? Math.min(this.app.n, LOD_POINTS) : this.app.n);
     if (this.nSelDraw) pass(this.selPosBuf, this.selColBuf, this.nSelDraw);
     void self;
   };
 
   /* canvas 2D: squares per point up to CANVAS_POINTS points, above that a density view at
    * screen resolution (mean colour of a pixel's points, opacity by log density) */
-  var CANVAS_POINTS = 100000;
   MapView.prototype.drawCanvas = function () {
     var ctx = this.ctx, w = this.canvas.width, h = this.canvas.height, app = this.app, n = app.n;
     if (n <= CANVAS_POINTS) return this.drawCanvasPoints();
     var r = new Float32Array(w * h), g = new Float32Array(w * h), bl = new Float32Array(w * h), cnt = new Float32Array(w * h);
-    var dpr = this.dpr, sel = app.selection;
-    for (var i = 0; i < n; i++) {
-      var x = (this.px(i) * dpr) | 0, y = (this.py(i) * dpr) | 0;
+    var dpr = this.dpr, sel = app.selection, count = this.interacting ? Math.min(n, LOD_POINTS) : n;
+    // palette by code (0 = unlabelled); the view as x = ax * q + bx in device pixels
+    var nc = app.counts.length, pr = new Float32Array(nc), pg = new Float32Array(nc), pb = new Float32Array(nc);
+    for (var c = 0; c < nc; c++) {
+      var rgb = c ? app.rgb[c - 1] : [170, 170, 170];
+      pr[c] = rgb[0]; pg[c] = rgb[1]; pb[c] = rgb[2];
+    }
+    var b = this.b, q = this.q, codes = app.codes, order = app.order;
+    var ax = this.k * (b[1] - b[0]) / 65535 * dpr, bx = (this.W / 2 + (b[0] - this.cx) * this.k) * dpr;
+    var ay = -this.k * (b[3] - b[2]) / 65535 * dpr, by = (this.H / 2 - (b[2] - this.cy) * this.k) * dpr;
+    for (var j = 0; j < count; j++) {
+      var i = order[j], x = Math.floor(ax * q[2 * i] + bx), y = Math.floor(ay * q[2 * i + 1] + by);
       if (x < 0 || y < 0 || x >= w || y >= h) continue;
-      var c = app.codes[i], rgb = sel && !sel[i] ? FADED : c ? app.rgb[c - 1] : [170, 170, 170];
-      var wgt = sel && !sel[i] ? 0.2 : 1, o = x + y * w;
-      r[o] += wgt * rgb[0]; g[o] += wgt * rgb[1]; bl[o] += wgt * rgb[2]; cnt[o] += wgt;
+      var o = x + y * w, k = codes[i];
+      if (sel && !sel[i]) {
+        r[o] += 0.2 * FADED[0]; g[o] += 0.2 * FADED[1]; bl[o] += 0.2 * FADED[2]; cnt[o] += 0.2;
+      } else {
+        r[o] += pr[k]; g[o] += pg[k]; bl[o] += pb[k]; cnt[o] += 1;
+      }
     }
     var img = ctx.createImageData(w, h), px = img.data, maxc = 0;
     for (i = 0; i < w * h; i++) if (cnt[i] > maxc) maxc = cnt[i];
@@ -532,7 +566,11 @@
       var r = st.getBoundingClientRect();
       return [ev.clientX - r.left, ev.clientY - r.top];
     }
+    var rest = null;
     function redraw() {
+      self.interacting = true;
+      clearTimeout(rest);
+      rest = setTimeout(function () { self.interacting = false; self.draw(); }, LOD_REST_MS);
       if (pending) return;
       pending = true;
       requestAnimationFrame(function () { pending = false; self.draw(); });
@@ -610,7 +648,8 @@
 
   function selftest(app) {
     // synthetic user actions through the page's own event handlers; the result goes into the DOM
-    var out = { renderer: app.maps.map(function (m) { return m.renderer; }), n_shown: app.n, maps: app.maps.length };
+    var out = { renderer: app.maps.map(function (m) { return m.renderer; }), n_shown: app.n, maps: app.maps.length,
+                gl_renderer: app.maps[0].glName || null };
     out.drawn_pixels = app.maps.map(countDrawn);
     out.density_pixels = app.maps.map(function (m) { // raster pixels drawn under a sampled map
       if (!m.densityCanvas) return 0;
@@ -673,27 +712,39 @@
     return out;
   }
 
+  function sync(m) {
+    // gl.finish() returns at once in Chromium; reading a pixel waits for the frame's GPU work
+    if (m.gl) m.gl.readPixels(0, 0, 1, 1, m.gl.RGBA, m.gl.UNSIGNED_BYTE, new Uint8Array(4));
+  }
+
   function bench(app, frames) {
     // frame time: redraw with a new view each frame, finished (gl.finish) before timing stops
-    var m0 = app.maps[0], times = [], k0 = m0.k;
-    for (var f = 0; f < frames; f++) {
-      m0.k = k0 * (1 + 0.02 * f);
-      m0.cx += 0.001 * (m0.b[1] - m0.b[0]);
-      var t = now();
-      m0.draw();
-      if (m0.gl) m0.gl.finish();
-      times.push(now() - t);
+    var m0 = app.maps[0], k0 = m0.k;
+    function frameTimes(moving) {
+      var times = [];
+      m0.interacting = moving;
+      for (var f = 0; f < frames; f++) {
+        m0.k = k0 * (1 + 0.02 * f);
+        m0.cx += 0.001 * (m0.b[1] - m0.b[0]);
+        var t = now();
+        m0.draw();
+        sync(m0);
+        times.push(now() - t);
+      }
+      m0.interacting = false;
+      return times.sort(function (a, b) { return a - b; });
     }
-    times.sort(function (a, b) { return a - b; });
+    var times = frameTimes(false), moving = frameTimes(true);
     var t0 = now(), hits = 0;
     for (var i = 0; i < 200; i++) if (m0.nearest((i * 37) % m0.W, (i * 53) % m0.H) >= 0) hits++;
     var hoverMs = (now() - t0) / 200;
     t0 = now();
     m0.lassoSelect([[0, 0], [m0.W / 2, 0], [m0.W / 2, m0.H / 2], [0, m0.H / 2]]);
-    if (m0.gl) m0.gl.finish();
+    sync(m0);
     var lassoMs = now() - t0;
-    return { renderer: m0.renderer, n_shown: app.n, frame_ms_median: times[times.length >> 1],
-             frame_ms_max: times[times.length - 1], hover_ms: hoverMs, hover_hits: hits,
+    return { renderer: m0.renderer, gl_renderer: m0.glName || null, n_shown: app.n, frame_ms_median: times[times.length >> 1],
+             frame_ms_max: times[times.length - 1], moving_frame_ms_median: moving[moving.length >> 1],
+             moving_points: Math.min(app.n, LOD_POINTS), hover_ms: hoverMs, hover_hits: hits,
              lasso_select_ms: lassoMs, load_ms: app.loadMs };
   }
 
@@ -701,7 +752,7 @@
     var t = now();
     var data = JSON.parse(document.getElementById("nebench-data").textContent);
     var app = new App(data, document.getElementById("nebench-app"));
-    app.maps.forEach(function (m) { m.draw(); });
+    app.maps.forEach(function (m) { m.draw(); sync(m); });
     app.loadMs = now() - t;
     window.nebench = { app: app, maps: app.maps, countDrawn: countDrawn };
     // the tests and the benchmark run once density rasters (data: URLs, decoded async) are in
