@@ -6,7 +6,8 @@ existing process group and trains this rank's shard. Shards travel to spawned wo
 through files in a temporary directory; during training the processes exchange only
 the cell-mean matrix (:class:`nomad.optimize.Comm`). A worker that dies makes the whole
 job fail: ``torch.multiprocessing.spawn`` terminates the others and re-raises, and the
-process-group timeout bounds any collective that waits on a dead peer.
+process-group timeout bounds any collective that waits on a dead peer. A peer that dies (its
+process killed, its node lost) surfaces as ``PeerLostError``, naming the rank that saw it.
 """
 
 from __future__ import annotations
@@ -27,6 +28,25 @@ import torch.distributed as dist
 from .optimize import Comm, Shard, TrainSpec, train_shard
 
 log = logging.getLogger(__name__)
+
+
+#: what gloo, NCCL and the c10d store say when the process on the other end is gone
+PEER_LOST_MESSAGES = ("Connection closed by peer", "Connection reset by peer", "Broken pipe",
+                      "Timed out", "timed out", "timeout", "communicator was aborted")
+
+
+class PeerLostError(RuntimeError):
+    """A process of a multi-process run died or stopped answering; the run cannot finish."""
+
+
+def _peer_lost(exc: BaseException, rank: int, world_size: int) -> PeerLostError | None:
+    """The error to raise instead of ``exc`` if ``exc`` says a peer process is gone."""
+    if not any(text in str(exc) for text in PEER_LOST_MESSAGES):
+        return None
+    return PeerLostError(
+        f"NOMAD rank {rank} of {world_size}: another process of this run died or stopped "
+        "answering during training (killed, out of memory, or its node lost; its log, or "
+        f"torchrun's summary on its node, names the cause). {type(exc).__name__}: {exc}")
 
 
 def launched_by_torchrun() -> bool:
@@ -88,6 +108,11 @@ def _worker(rank: int, world_size: int, workdir: str, accelerator: str, timeout_
                  "loss_history": spec.loss_history}
         (wd / f"stats{rank}.json").write_text(json.dumps(stats))
         dist.barrier()
+    except RuntimeError as exc:
+        lost = _peer_lost(exc, rank, world_size)
+        if lost is None:
+            raise
+        raise lost from exc
     finally:
         dist.destroy_process_group()
 
@@ -112,6 +137,11 @@ def run_sharded(shards: list[Shard], spec: TrainSpec, accelerator: str,
         try:
             mp.spawn(_worker, args=(world_size, str(wd), accelerator, timeout_s),
                      nprocs=world_size, join=True)
+        except mp.ProcessExitedException as exc:  # killed by a signal or exited without an error
+            raise PeerLostError(
+                f"NOMAD worker process {exc.error_index} of {world_size} died ({exc}); the other "
+                "workers were stopped. SIGKILL usually means the out-of-memory killer or the "
+                "job's memory limit: use more devices or a machine with more memory.") from exc
         finally:
             for k, v in saved.items():
                 if v is None:
@@ -138,10 +168,16 @@ def _run_joined(shards: list[Shard], spec: TrainSpec, accelerator: str,
     if accelerator == "cuda":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", rank)))
     spec.device = _device(accelerator, int(os.environ.get("LOCAL_RANK", rank)))
-    Y, comm = _train_rank(shards[rank], spec, world_size)
-    results: list = [None] * world_size
-    dist.all_gather_object(results, (Y, {"bytes_by_tag": comm.bytes_by_tag,
-                                         "calls_by_tag": comm.calls_by_tag}))
+    try:
+        Y, comm = _train_rank(shards[rank], spec, world_size)
+        results: list = [None] * world_size
+        dist.all_gather_object(results, (Y, {"bytes_by_tag": comm.bytes_by_tag,
+                                             "calls_by_tag": comm.calls_by_tag}))
+    except RuntimeError as exc:  # torch.distributed's errors are RuntimeErrors
+        lost = _peer_lost(exc, rank, world_size)
+        if lost is None:
+            raise
+        raise lost from exc
     if created:  # a group the caller made is the caller's to close
         dist.destroy_process_group()
     return [r[0] for r in results], [r[1] for r in results]
