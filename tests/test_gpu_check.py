@@ -145,6 +145,13 @@ def test_a_failing_rank_fails_the_step_with_its_error(ctx):
         gpu_check.run_dist(ctx, step, 120, "nccl", "")
 
 
+def test_a_failed_harness_run_reports_the_runners_error(ctx):
+    step = _step("bad_run", None)
+    with pytest.raises(gpu_check.StepFailed, match=r"run.py exited 1: .*n_epochs"):
+        gpu_check.harness_run(ctx, step, 300, ["method=nomad", "dataset=digits", "method.n_epochs=-1",
+                                               "trainer.accelerator=cpu"])
+
+
 def test_np10_row_compares_gpu_with_cpu(ctx):
     def runs(gpu, cpu):
         for name, v, acc in (("nomad_mnist_gpu", gpu, "cuda"), ("nomad_mnist_cpu", cpu, "cpu")):
