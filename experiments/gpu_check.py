@@ -558,6 +558,13 @@ def dist_worker(spec: dict[str, Any]) -> None:
     dist.all_gather = recording_all_gather
     dist.init_process_group(spec["backend"], rank=rank, world_size=world,
                             timeout=timedelta(seconds=spec["timeout"]))
+
+    def barrier() -> None:
+        if cuda and spec["backend"] == "nccl":  # NCCL guesses the device from the rank
+            dist.barrier(device_ids=[0])
+        else:
+            dist.barrier()
+
     X, y = _dist_data(spec, np)
     from nomad import NOMAD
 
@@ -568,7 +575,7 @@ def dist_worker(spec: dict[str, Any]) -> None:
     seconds = time.perf_counter() - t0
     work = Path(spec["work"])
     np.save(work / f"Y{rank}.npy", Y)
-    dist.barrier()
+    barrier()
     result: dict[str, Any] = {"n": len(X), "n_epochs": spec["n_epochs"], "time_s": seconds,
                               "backend": spec["backend"], "collective_devices": sorted(devices),
                               "all_gather_calls": calls[0],
@@ -587,7 +594,7 @@ def dist_worker(spec: dict[str, Any]) -> None:
         except Exception as exc:  # noqa: BLE001 - the metrics are a sanity check, not the point
             result["metrics_error"] = f"{type(exc).__name__}: {exc}"
         (work / "result.json").write_text(json.dumps(result, indent=2))
-    dist.barrier()
+    barrier()
     dist.destroy_process_group()
 
 
