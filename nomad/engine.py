@@ -337,8 +337,7 @@ class ContrastiveEmbedding(EmbeddingMethod, BaseEstimator):
         if isinstance(self.init, str) and self.init != "pca":
             raise InputError(f"method.init={self.init!r} is invalid: use 'pca' or an (n, 2) array")
         if self.callbacks is not None:
-            callbacks = self.callbacks if isinstance(self.callbacks, (list, tuple)) else [self.callbacks]
-            if not all(callable(cb) for cb in callbacks):
+            if not all(callable(cb) for cb in self._callback_list()):
                 raise InputError("callbacks must be a callable or a list of callables "
                                  "callback(epoch, loss, embedding)")
             if self.devices > 1:
@@ -487,7 +486,7 @@ class ContrastiveEmbedding(EmbeddingMethod, BaseEstimator):
     def _callback(self, rows: np.ndarray, n: int):
         """The trainer's per-epoch hook: every callback sees ``(epoch, loss, embedding)``, the
         embedding in input order (a fresh array); any returning True stops training (openTSNE)."""
-        callbacks = list(self.callbacks) if isinstance(self.callbacks, (list, tuple)) else [self.callbacks]
+        callbacks = self._callback_list()
 
         def on_epoch(epoch: int, loss: float, trainer) -> bool:
             Y = np.empty((n, 2), dtype=np.float32)
@@ -496,6 +495,11 @@ class ContrastiveEmbedding(EmbeddingMethod, BaseEstimator):
             return any(stops)
 
         return on_epoch
+
+    def _callback_list(self) -> list:
+        if self.callbacks is None:
+            return []
+        return list(self.callbacks) if isinstance(self.callbacks, (list, tuple)) else [self.callbacks]
 
     def _knn(self, n: int) -> str:
         if self.knn == "auto":

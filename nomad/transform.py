@@ -8,7 +8,8 @@ new points move, so a point never pulls the map, nor another new point (openTSNE
 ``transform`` does the same). Each starts at the median of its neighbours' positions
 (openTSNE's default) and takes ``n_epochs`` full-batch gradient steps of the size a head takes
 in the fit (learning rate / batch under mean aggregation: 1 at the "auto" settings), decayed
-linearly to 0, with the fit's momentum and clipping.
+linearly to 0, with the fit's momentum and clipping. The whole set moves each epoch: the new
+points never interact, so this is a full batch of independent heads.
 """
 
 from __future__ import annotations
@@ -52,40 +53,48 @@ def query_knn(X_ref: np.ndarray, X_new: np.ndarray, k: int, metric: str = "eucli
     return idx, dist
 
 
-@torch.no_grad()
 def place(Y_ref: np.ndarray, neighbors: np.ndarray, p: torch.Tensor, loss: ContrastiveLoss, *,
           n_noise: float, noise_samples: int, n_epochs: int, step: float, momentum: float = 0.0,
-          clip_grad: float | None = None, seed: int = 0, batch: int = 4096,
-          verbose: bool = False) -> np.ndarray:
+          clip_grad: float | None = None, seed: int = 0, verbose: bool = False) -> np.ndarray:
     """Positions (m, 2) for m new points with training neighbours ``neighbors`` (m, k), the
-    training embedding ``Y_ref`` fixed; see the module docstring."""
-    ref = torch.as_tensor(Y_ref, dtype=torch.float32)
-    nbrs = torch.as_tensor(neighbors, dtype=torch.long)
-    m, k = nbrs.shape
-    Y = ref[nbrs].median(dim=1).values.clone()  # start: the median of the neighbours' positions
+    training embedding ``Y_ref`` fixed; see the module docstring. The forces come from the
+    fit's compiled kernel (:func:`nomad.cpu_kernel.batch_forces`), the new points as heads
+    appended after the n training points, whose own rows of the gradient are dropped."""
+    import numba
+
+    from .cpu_kernel import batch_forces, workspace
+
+    ref = np.ascontiguousarray(Y_ref, dtype=np.float32)
+    nbrs = np.ascontiguousarray(neighbors, dtype=np.int64)
+    (n, _), (m, k) = ref.shape, nbrs.shape
+    Y = np.empty((n + m, 2), dtype=np.float32)
+    Y[:n] = ref
+    Y[n:] = np.median(ref[nbrs], axis=1)  # start: the median of the neighbours' positions
     if m == 0 or n_epochs == 0:
-        return Y.numpy()
-    p = p[:k].to(torch.float32)[None, :]
-    p = p / p.sum()
-    S, n = int(noise_samples), len(ref)
-    c = torch.full((1,), float(n_noise) / S)
-    gen = torch.Generator().manual_seed(int(seed))
-    velocity = torch.zeros_like(Y)
+        return Y[n:].copy()
+    pk = p[:k].double()
+    pk = (pk / pk.sum()).float().numpy()
+    S = int(noise_samples)
+    loss_kind, kernel_kind, alpha, nu, a, b = loss.fused()
+    heads = np.arange(n, n + m, dtype=np.int64)
+    c_noise = np.full(m, n_noise / S, dtype=np.float32)
+    no_mu, no_c = np.zeros((0, 2), np.float32), np.zeros(0, np.float32)
+    exclude = np.full(m, -1, dtype=np.int64)
+    work = workspace(m, k, S, 1)
+    grad = np.empty_like(Y)
+    velocity = np.zeros((m, 2), dtype=np.float32)
+    rng = np.random.default_rng(seed)
+    threads = numba.get_num_threads()
     for epoch in tqdm(range(n_epochs), desc="placing new points", disable=not verbose, leave=False):
-        lr = step * (1.0 - epoch / n_epochs)
-        grad = torch.empty_like(Y)
-        for lo, hi in _chunks(m, batch):
-            y = Y[lo:hi]
-            noise = torch.randint(n, (hi - lo, S), generator=gen)
-            diff_p, diff_n = y[:, None] - ref[nbrs[lo:hi]], y[:, None] - ref[noise]
-            d2_p, d2_n = (diff_p * diff_p).sum(-1), (diff_n * diff_n).sum(-1)
-            q_pos, q_noise = loss.kernel(d2_p), loss.kernel(d2_n)
-            g_pos, g_noise, _ = loss.dq(q_pos, p, q_noise, c.expand(hi - lo, S))
-            w_p = 2.0 * g_pos * loss.kernel_grad(d2_p, q_pos)
-            w_n = 2.0 * g_noise * loss.kernel_grad(d2_n, q_noise)
-            grad[lo:hi] = (w_p[..., None] * diff_p).sum(1) + (w_n[..., None] * diff_n).sum(1)
+        noise = rng.integers(n, size=(m, S), dtype=np.int64)
+        grad.fill(0.0)
+        batch_forces(Y, heads, nbrs, pk, noise, c_noise, no_mu, no_c, exclude, 1.0, loss_kind,
+                     kernel_kind, float(alpha), float(nu), float(a), float(b), grad, False, threads,
+                     False, work)
+        g = grad[n:]
         if clip_grad is not None:
-            grad.clamp_(-clip_grad, clip_grad)
-        velocity.mul_(momentum).add_(grad)
-        Y -= lr * velocity
-    return Y.numpy()
+            np.clip(g, -clip_grad, clip_grad, out=g)
+        velocity *= momentum
+        velocity += g
+        Y[n:] -= np.float32(step * (1.0 - epoch / n_epochs)) * velocity
+    return Y[n:].copy()
