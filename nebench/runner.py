@@ -243,7 +243,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
 
     trainer = _container(cfg.trainer, "trainer")
     time_warmup = float("nan")
-    if trainer.get("warmup", True) and not under_torchrun():
+    if trainer.get("warmup", True) and world == 1:  # a torchrun rank must not fit alone
         time_warmup = warm_up(plan, data.X, cfg.seed)
     heldout: dict[str, float] = {}
     with PeakMemory() as peak:
@@ -464,11 +464,6 @@ def check_embedding(Y: Any, n: int, name: str) -> np.ndarray:
 def _plain(values: dict[str, Any]) -> dict[str, Any]:
     """numpy scalars as Python scalars (JSON and table cells)."""
     return {k: v.item() if isinstance(v, np.generic) else v for k, v in values.items()}
-
-
-def under_torchrun() -> bool:
-    """Whether this process is one rank of a ``torchrun`` launch (its environment says so)."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
 def _publish(stage: Path, out_dir: Path) -> None:
