@@ -16,8 +16,9 @@ import torch
 from experiments import gpu_check
 
 ROOT = Path(__file__).resolve().parents[1]
-#: the dry run's cheaper steps (one process each, run two at a time); the slow test runs them all
-FAST_STEPS = "setup,cuda_tests,nomad_mnist_gpu,nomad_mnist_cpu,dist_gloo_cuda,dist_nccl_cuda"
+#: the dry run's cheaper steps, run two at a time (the CPU twin of nomad_mnist_gpu and the
+#: NP@10 row comparing them are left to the slow test, which runs every step)
+FAST_STEPS = "setup,cuda_tests,nomad_mnist_gpu,dist_gloo_cuda,dist_nccl_cuda"
 needs_cuda = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
@@ -45,13 +46,11 @@ def check_common(rows: dict[str, dict], table: str, doc: dict) -> None:
     for name in ("cuda_tests", "dist_nccl_cuda"):  # need CUDA: skipped with a reason
         assert rows[name]["status"] == "skipped" and rows[name]["note"]
     for name in ("nomad_mnist_gpu", "nomad_mnist_cpu"):
-        m = rows[name]["metrics"]
-        assert rows[name]["status"] == "ok", rows[name]
-        assert m["accelerator"] == "cpu" and m["knn_acc"] > 0.5  # 10 classes: chance is 0.1
-        assert m["time_total_s"] > 0 and 0 < m["np@10"] <= 1
-    # the same seed and code on the CPU twice: the comparison row passes
-    assert rows["np10_gpu_vs_cpu"]["status"] == "ok"
-    assert rows["np10_gpu_vs_cpu"]["metrics"]["np10_diff"] <= gpu_check.NP10_TOLERANCE
+        if name in rows:
+            m = rows[name]["metrics"]
+            assert rows[name]["status"] == "ok", rows[name]
+            assert m["accelerator"] == "cpu" and m["knn_acc"] > 0.5  # 10 classes: chance is 0.1
+            assert m["time_total_s"] > 0 and 0 < m["np@10"] <= 1
     dist = rows["dist_gloo_cuda"]
     assert dist["status"] == "ok", dist
     assert dist["metrics"]["ranks_agree"] and dist["metrics"]["collective_devices"] == ["cpu"]
@@ -61,13 +60,16 @@ def check_common(rows: dict[str, dict], table: str, doc: dict) -> None:
 def test_dry_run_writes_the_table_and_json_and_its_cpu_steps_pass(tmp_path):
     rows, table, doc = dry_run(tmp_path, FAST_STEPS)
     check_common(rows, table, doc)
-    assert set(rows) == {*FAST_STEPS.split(","), "np10_gpu_vs_cpu"}
+    assert set(rows) == set(FAST_STEPS.split(","))
 
 
 @pytest.mark.slow  # every step: about 3 minutes on 2 shared cores
 def test_full_dry_run(tmp_path):
     rows, table, doc = dry_run(tmp_path)
     check_common(rows, table, doc)
+    # the same seed and code on the CPU twice: the comparison row passes
+    assert rows["np10_gpu_vs_cpu"]["status"] == "ok"
+    assert rows["np10_gpu_vs_cpu"]["metrics"]["np10_diff"] <= gpu_check.NP10_TOLERANCE
     assert rows["nomad_1m_gpu"]["status"] == "ok", rows["nomad_1m_gpu"]
     torchdr = bool(doc["probe"]["modules"].get("torchdr"))
     for name in ("torchdr_infotsne_gpu", "torchdr_umap_gpu"):
