@@ -17,6 +17,7 @@ selection.
 Command line::
 
     python -m nebench.map RUN_DIR [RUN_DIR ...] [--out PAGE.html] [--title TITLE]
+                          [--screenshot PNG [--size WxH] [--select LABEL]]
 
 writes one page with a map per run (runs of the same dataset and rows), linked: a lasso or a
 legend label selected in one map highlights the same rows in all, and the hovered row is ringed
@@ -355,6 +356,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--title", default=None, help="page title (default: dataset and methods)")
     parser.add_argument("--max-points", type=int, default=MAX_POINTS,
                         help=f"above this, density + a sample of points (default {MAX_POINTS:,})")
+    parser.add_argument("--screenshot", default=None, metavar="PNG",
+                        help="also save a picture of the page (headless Chromium)")
+    parser.add_argument("--size", default="1500x520", help="screenshot window WxH (default 1500x520)")
+    parser.add_argument("--select", default=None, metavar="LABEL",
+                        help="screenshot with this label selected in every map")
     args = parser.parse_args(argv)
     try:
         size = write_comparison(args.run_dirs, args.out, args.title, max_points=args.max_points)
@@ -362,6 +368,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"wrote {args.out} ({size / 1e6:.1f} MB, {len(args.run_dirs)} maps)")
+    if args.screenshot:
+        from urllib.parse import quote
+
+        from nebench.map_browser import find_chromium, screenshot
+
+        if find_chromium() is None:
+            print("error: --screenshot needs Chromium: apt-get install -y chromium", file=sys.stderr)
+            return 2
+        width, height = (int(v) for v in args.size.lower().split("x"))
+        fragment = f"select={quote(args.select)}" if args.select else ""
+        screenshot(args.out, args.screenshot, width, height, fragment=fragment)
+        print(f"wrote {args.screenshot}")
     return 0
 
 

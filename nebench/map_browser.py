@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import html
 import json
+import logging
 import re
 import shutil
 import subprocess
@@ -35,6 +36,7 @@ FLAGS = (
     "--no-default-browser-check",
     "--hide-scrollbars",
 )
+log = logging.getLogger(__name__)
 _RESULT = re.compile(r'<pre id="nebench-result"[^>]*>(.*?)</pre>', re.DOTALL)
 
 
@@ -47,29 +49,39 @@ def find_chromium() -> str | None:
     return None
 
 
-def _run(args: list[str], timeout: float) -> subprocess.CompletedProcess:
+def _run(args: list[str], timeout: float, attempts: int = 2) -> subprocess.CompletedProcess:
+    """Chromium with ``args``; a run that hangs past ``timeout`` is started once more (headless
+    Chromium with a virtual time budget now and then never exits on a loaded machine)."""
     binary = find_chromium()
     if binary is None:
         raise RuntimeError("no Chromium found: install it with `apt-get install -y chromium`")
-    with tempfile.TemporaryDirectory(prefix="nebench-chromium-") as profile:
-        return subprocess.run(
-            [binary, *FLAGS, f"--user-data-dir={profile}", *args],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
+    for attempt in range(attempts):
+        with tempfile.TemporaryDirectory(prefix="nebench-chromium-") as profile:
+            try:
+                return subprocess.run(
+                    [binary, *FLAGS, f"--user-data-dir={profile}", *args],
+                    capture_output=True,
+                    text=True,
+                    timeout=timeout,
+                    check=False,
+                )
+            except subprocess.TimeoutExpired:
+                log.warning("Chromium did not exit within %.0f s (attempt %d of %d)",
+                            timeout, attempt + 1, attempts)
+    raise RuntimeError(f"Chromium hung {attempts} times (>{timeout:.0f} s each): {' '.join(args)}")
 
 
 def screenshot(page: str | PathLike, png: str | PathLike, width: int = 1200, height: int = 800,
-               timeout: float = 120) -> Path:
-    """Render ``page`` (a local file) to ``png``; raises when Chromium writes no image."""
+               timeout: float = 60, fragment: str = "") -> Path:
+    """Render ``page`` (a local file; ``#fragment`` such as ``select=Shirt``) to ``png``;
+    raises when Chromium writes no image."""
     png = Path(png).resolve()
     proc = _run(
-        # every compositor stage before the capture: WebGL frames are in the image under load
+        # every compositor stage before the capture, and software compositing: without them a
+        # capture now and then shows the WebGL canvases before the GPU process presented them
         [f"--window-size={width},{height}", "--virtual-time-budget=5000",
-         "--run-all-compositor-stages-before-draw", f"--screenshot={png}",
-         Path(page).resolve().as_uri()],
+         "--run-all-compositor-stages-before-draw", "--disable-gpu-compositing",
+         f"--screenshot={png}", Path(page).resolve().as_uri() + (f"#{fragment}" if fragment else "")],
         timeout,
     )
     if not png.is_file():
@@ -78,7 +90,7 @@ def screenshot(page: str | PathLike, png: str | PathLike, width: int = 1200, hei
 
 
 def page_result(page: str | PathLike, fragment: str = "selftest", width: int = 1200,
-                height: int = 800, timeout: float = 300, virtual_time: bool = True) -> dict:
+                height: int = 800, timeout: float = 120, virtual_time: bool = True) -> dict:
     """Open ``page#fragment`` and return the JSON its script wrote into ``#nebench-result``.
 
     ``virtual_time`` lets the page's asynchronous work (decoding a density raster) finish

@@ -247,6 +247,15 @@ def test_browser_links_selection_across_maps(tmp_path):
     rows = r["lasso"]["selected_rows"]
     assert len(set(rows) ^ expected_lasso(Y, r)) <= 2
     assert r["lasso"]["per_map_selected"] == [len(rows)] * 2  # highlighted in both maps
+    # the picture of a selection (opened with #select=beta): beta's colour, the rest grey
+    img = imread(screenshot(out, tmp_path / "sel.png", fragment="select=beta"))[80:-30, 15:930, :3]
+    spread = img.max(axis=2) - img.min(axis=2)
+    grey = (spread < 0.05) & (img.max(axis=2) < 0.9)
+    vivid = img[spread > 0.3]
+    assert grey.sum() > 5000 and len(vivid) > 1000
+    # beta is tab10's orange (R > G > B); alpha's blue and gamma's green are not drawn in colour
+    orange = (vivid[:, 0] > vivid[:, 1]) & (vivid[:, 1] > vivid[:, 2])
+    assert orange.mean() > 0.95
 
 
 @needs_chromium

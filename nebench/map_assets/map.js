@@ -7,7 +7,7 @@
   "use strict";
 
   var BG = [1, 1, 1];
-  var FADED = [205, 205, 205, 90];
+  var FADED = [195, 195, 195, 120]; // unselected points while a selection exists
   var HOVER_RADIUS = 8; // px
   // while the view moves, frames draw this many points: the GPU buffers are in a random order,
   // so their first LOD_POINTS are a uniform sample; the full map follows once the view rests
@@ -109,7 +109,15 @@
     });
     this.tooltip = el("div", "nb-tooltip", document.body);
     this.tooltip.style.display = "none";
+    // the maps were sized before the legend took its place: size and fit them again
+    this.maps.forEach(function (m) { m.resize(); m.resetView(); });
     this.updateStatus();
+    // #select=NAME selects a label on opening (a link to a view of one class in every map)
+    var want = /select=([^&]*)/.exec(location.hash);
+    if (want) {
+      var k = this.names.indexOf(decodeURIComponent(want[1]));
+      if (k >= 0) this.selectLabel(k + 1, false);
+    }
   };
 
   App.prototype.labelName = function (i) {
@@ -212,6 +220,15 @@
       this.canvas = fresh;
     }
     if (this.renderer === "canvas") this.ctx = this.canvas.getContext("2d");
+    else {
+      // a GPU reset (or a GPU process that restarts) loses the context: rebuild and redraw
+      var me = this;
+      this.canvas.addEventListener("webglcontextlost", function (ev) { ev.preventDefault(); });
+      this.canvas.addEventListener("webglcontextrestored", function () {
+        me.contextRestored = (me.contextRestored || 0) + 1;
+        if (me.initGL()) me.draw();
+      });
+    }
     this.resetView();
     this.bindEvents();
     var self = this;
@@ -420,7 +437,8 @@
     else gl.clearColor(BG[0], BG[1], BG[2], 1);
     gl.clear(gl.COLOR_BUFFER_BIT);
     gl.enable(gl.BLEND);
-    gl.blendFunc(gl.SRC_ALPHA, gl.ONE_MINUS_SRC_ALPHA);
+    // "over" in premultiplied alpha, which the page compositor assumes of a WebGL canvas
+    gl.blendFuncSeparate(gl.SRC_ALPHA, gl.ONE_MINUS_SRC_ALPHA, gl.ONE, gl.ONE_MINUS_SRC_ALPHA);
     gl.useProgram(this.prog);
     var sx = 2 * this.k / this.W, sy = 2 * this.k / this.H;
     gl.uniform2f(L.scale, sx * xr, sy * yr);
