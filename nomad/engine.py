@@ -393,6 +393,7 @@ class ContrastiveEmbedding(EmbeddingMethod, BaseEstimator):
         ``y`` is ignored (scikit-learn's signature)."""
         self._check_params()
         self._check_data(X)
+        self._resolve_accelerator()  # asking for absent GPUs fails before the index is built
         n = len(X)
         if knn_graph is not None and self.devices > 1:
             raise InputError("a precomputed knn_graph may link any two points, but several devices need "
