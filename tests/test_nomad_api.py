@@ -219,6 +219,18 @@ def test_callbacks_see_every_epoch_and_can_stop(digits):
         NOMAD(callbacks=[1]).fit(X)
 
 
+def test_verbose_reports_every_long_phase(digits, caplog):
+    X = digits[0][:400]
+    with caplog.at_level("INFO", logger="nomad"):
+        model = NOMAD(n_epochs=10, n_cells=2, knn="cells", verbose=True).fit(X)
+        model.transform(X[:20])
+    assert "k-means: 2 cells from 400 points" in caplog.text
+    assert "epoch 10/10: loss" in caplog.text
+    with caplog.at_level("INFO", logger="nomad"):
+        model.optimize(10)
+    assert "epoch 20/20: loss" in caplog.text  # continued epochs count on
+
+
 # -- the two checked defects ---------------------------------------------------------------------------
 @pytest.mark.parametrize("backend", ["torch", "fused"])
 def test_ncvis_log_z_step_does_not_grow_with_the_batch(digits, backend):
