@@ -131,7 +131,9 @@
     if (d.n_shown < d.n) s += " (density of all; points, hover and selection: a sample of " +
       d.n_shown.toLocaleString() + ")";
     if (this.selection) s += " \u00b7 " + this.nSelected.toLocaleString() + " selected";
-    s += " \u00b7 " + this.maps.map(function (m) { return m.renderer; }).filter(function (r, i, a) {
+    s += " \u00b7 " + this.maps.map(function (m) {
+      return m.note ? m.renderer + ", " + m.note : m.renderer;
+    }).filter(function (r, i, a) {
       return a.indexOf(r) === i;
     }).join("/");
     this.status.textContent = s;
@@ -212,6 +214,7 @@
       this.renderer = "canvas";
     } else if (this.softwareGL() && app.n > CANVAS_POINTS && !/renderer=webgl/.test(location.hash)) {
       this.renderer = "canvas";
+      this.note = "software WebGL (" + this.glName.split(/[ ,(]/)[0] + "): density view";
       this.gl = null;
       var fresh = el("canvas", "nb-layer");
       fresh.width = this.canvas.width;
