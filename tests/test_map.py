@@ -187,6 +187,21 @@ def test_cli_writes_one_linked_page_and_rejects_other_rows(tmp_path, capsys):
     assert "not a finished run dir" in capsys.readouterr().err
 
 
+def test_cli_reloads_labels_and_text_when_the_run_page_holds_a_sample(tmp_path):
+    Y, y, text = blobs(300)
+    np.savez(tmp_path / "b.npz", X=Y, y=y, label_names=np.array(NAMES), text=np.array(text))
+    ds = {"name": "blobs", "loader": "npz", "file": str(tmp_path / "b.npz"), "n": None, "pca": 2}
+    runs = [fake_run(tmp_path / m, Y * s, y, text, m, ds) for m, s in (("a", 1), ("b", -1))]
+    nbmap.write_map(Y, runs[0] / "embedding.html", y, NAMES, text, max_points=100, sample_points=50)
+    (runs[1] / "embedding.html").unlink()  # a run from before maps existed
+    out = tmp_path / "cmp.html"
+    for order in (runs, runs[::-1]):
+        assert nbmap.main([*map(str, order), "--out", str(out)]) == 0
+        d = nbmap.read_page_data(out)
+        assert d["text"] == text and d["label_names"] == NAMES and d["ids"] is None
+        np.testing.assert_array_equal(nbmap._unb64(d["labels"], "u1"), y + 1)
+
+
 # ---------------------------------------------------------------- in a real browser
 
 
