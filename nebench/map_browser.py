@@ -13,6 +13,7 @@ from __future__ import annotations
 import html
 import json
 import logging
+import os
 import re
 import shutil
 import subprocess
@@ -76,16 +77,28 @@ def screenshot(page: str | PathLike, png: str | PathLike, width: int = 1200, hei
     """Render ``page`` (a local file; ``#fragment`` such as ``select=Shirt``) to ``png``;
     raises when Chromium writes no image."""
     png = Path(png).resolve()
+    png.parent.mkdir(parents=True, exist_ok=True)
+    # Chromium writes a temporary file beside the target, renamed into place when complete
+    tmp = png.with_name(f".{png.name}.{os.getpid()}.tmp.png")
+    try:
+        return _screenshot(page, png, tmp, width, height, timeout, fragment)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _screenshot(page, png: Path, tmp: Path, width: int, height: int, timeout: float,
+                fragment: str) -> Path:
     proc = _run(
         # every compositor stage before the capture, and software compositing: without them a
         # capture now and then shows the WebGL canvases before the GPU process presented them
         [f"--window-size={width},{height}", "--virtual-time-budget=5000",
          "--run-all-compositor-stages-before-draw", "--disable-gpu-compositing",
-         f"--screenshot={png}", Path(page).resolve().as_uri() + (f"#{fragment}" if fragment else "")],
+         f"--screenshot={tmp}", Path(page).resolve().as_uri() + (f"#{fragment}" if fragment else "")],
         timeout,
     )
-    if not png.is_file():
+    if not tmp.is_file():
         raise RuntimeError(f"Chromium wrote no screenshot (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
+    os.replace(tmp, png)
     return png
 
 
