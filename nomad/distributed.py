@@ -138,10 +138,12 @@ def run_sharded(shards: list[Shard], spec: TrainSpec, accelerator: str,
             mp.spawn(_worker, args=(world_size, str(wd), accelerator, timeout_s),
                      nprocs=world_size, join=True)
         except mp.ProcessExitedException as exc:  # killed by a signal or exited without an error
+            hint = ("SIGKILL usually means the out-of-memory killer or the job's memory limit: use "
+                    "more devices or a machine with more memory." if exc.signal_name == "SIGKILL"
+                    else "Its output above says why.")
             raise PeerLostError(
                 f"NOMAD worker process {exc.error_index} of {world_size} died ({exc}); the other "
-                "workers were stopped. SIGKILL usually means the out-of-memory killer or the "
-                "job's memory limit: use more devices or a machine with more memory.") from exc
+                f"workers were stopped. {hint}") from exc
         finally:
             for k, v in saved.items():
                 if v is None:
