@@ -258,6 +258,7 @@ def test_browser_links_selection_across_maps(tmp_path):
     assert ink > 10_000 and colours >= 3
     r = page_result(out)
     assert r["maps"] == 2 and r["renderer"] == ["webgl", "webgl"] and min(r["drawn_pixels"]) > 2000
+    assert min(r["hover"]["ring_pixels"]) > 20  # the hovered row is ringed in both maps
     assert r["legend"]["per_map_selected"] == [np.sum(y == 0)] * 2
     rows = r["lasso"]["selected_rows"]
     assert len(set(rows) ^ expected_lasso(Y, r)) <= 2

@@ -695,7 +695,12 @@
     out.hover = { target_row: app.rowOf(target), hovered_row: app.hovered >= 0 ? app.rowOf(app.hovered) : null,
                   tooltip_head: app.tooltip.firstChild ? app.tooltip.firstChild.textContent : "",
                   tooltip: app.tooltip.textContent, tooltip_visible: app.tooltip.style.display !== "none",
-                  ringed_in_maps: app.maps.length };
+                  // the hovered row's ring, drawn on each map's overlay (linked hover)
+                  ring_pixels: app.maps.map(function (m) {
+                    var d = m.overlay.getContext("2d").getImageData(0, 0, m.overlay.width, m.overlay.height).data, k = 0;
+                    for (var a = 3; a < d.length; a += 4) if (d[a] > 0) k++;
+                    return k;
+                  }) };
     // legend: click the first label
     app.legendRows[0].dispatchEvent(new MouseEvent("click", { bubbles: true }));
     out.legend = { code: +app.legendRows[0].dataset.code, selected: app.nSelected,
