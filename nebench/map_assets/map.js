@@ -141,20 +141,17 @@
 
   /* selection: a Uint8Array over shown points (1 = selected), or null for none */
   App.prototype.select = function (sel) {
-    var count = 0;
-    if (sel) for (var i = 0; i < this.n; i++) count += sel[i];
+    var count = 0, i;
+    if (sel) for (i = 0; i < this.n; i++) count += sel[i];
     this.selection = sel;
     this.nSelected = count;
     this.maps.forEach(function (m) { m.selectionChanged(); });
-    var self = this;
+    // a legend row is on when all of its label's points are selected
+    var self = this, selCounts = new Uint32Array(this.counts.length);
+    if (sel) for (i = 0; i < this.n; i++) if (sel[i]) selCounts[this.codes[i]]++;
     this.legendRows.forEach(function (row) {
-      var code = +row.dataset.code, on = false;
-      if (sel) {
-        on = true;
-        for (var i = 0; i < self.n; i++) if (self.codes[i] === code && !sel[i]) { on = false; break; }
-        if (!self.counts[code]) on = false;
-      }
-      row.classList.toggle("on", on);
+      var code = +row.dataset.code;
+      row.classList.toggle("on", !!sel && self.counts[code] > 0 && selCounts[code] === self.counts[code]);
     });
     this.updateStatus();
     this.lastSelect = { count: count };
