@@ -143,10 +143,11 @@ def prepare(cfg: DictConfig) -> Plan:
             "method.<key> override (or the key in its conf/method/ file)."
         )
     parametric = hyperparameters.get("parametric", False) or getattr(cls, "always_parametric", False)
-    if cfg.get("holdout", False) and not parametric:
+    if cfg.get("holdout", False) and not (parametric or cls.transforms_new_points):
         raise InputError(
-            f"holdout=true embeds the test split with transform, which needs a parametric method: "
-            f"method {name!r} is not; set method.parametric=true (engine methods) or holdout=false."
+            f"holdout=true embeds the test split with transform, which method {name!r} offers "
+            "only as a parametric model: set method.parametric=true, use an engine method "
+            "(their transform places new points in a fixed map), or set holdout=false."
         )
     metric_options = _container(cfg.metrics, "metrics")
     _check_metric_options(metric_options)

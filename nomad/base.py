@@ -28,6 +28,9 @@ class EmbeddingMethod:
     accelerators: ClassVar[tuple[str, ...]] = ("cpu",)
     #: whether ``devices > 1`` is supported (one process per device)
     multi_device: ClassVar[bool] = False
+    #: whether a fitted model's ``transform`` embeds new points whatever its settings (peers
+    #: whose ``transform`` needs ``parametric=True`` leave this False)
+    transforms_new_points: ClassVar[bool] = False
 
     timings_: dict[str, float]
 

@@ -185,6 +185,7 @@ class ContrastiveEmbedding(EmbeddingMethod, BaseEstimator):
 
     accelerators: ClassVar[tuple[str, ...]] = ("cpu", "cuda")
     multi_device: ClassVar[bool] = False
+    transforms_new_points: ClassVar[bool] = True  # encoder, or openTSNE-style placement
     _default_approximate: ClassVar[str] = "none"
 
     def __init__(

@@ -314,6 +314,23 @@ def test_one_off_work_lands_in_the_warm_up_not_the_total(tmp_path: Path) -> None
 # --- real runs ----------------------------------------------------------------------------
 
 
+def test_holdout_places_the_test_split_with_a_free_map_transform(tmp_path: Path) -> None:
+    """A non-parametric engine method embeds the held-out rows with its openTSNE-style
+    transform; the held-out metrics land beside the fit's."""
+    rng = np.random.default_rng(0)
+    centres = rng.normal(scale=6.0, size=(4, 10))
+    y = rng.integers(0, 4, 800)
+    X = (centres[y] + rng.normal(size=(800, 10))).astype(np.float32)
+    np.savez(tmp_path / "blobs.npz", X=X, y=y, n_train=600)
+    cfg = task_config(["method=infonc_tsne", "method.n_epochs=30", "dataset=vectors",
+                       f"dataset.path={tmp_path / 'blobs.npz'}", "holdout=true",
+                       "trainer.accelerator=cpu", "trainer.warmup=false",
+                       f"results_file={tmp_path}/r.jsonl", "method.cache_dir=null"])  # fmt: skip
+    metrics = run(cfg, tmp_path)
+    assert metrics["knn_acc"] > 0.9  # the 200 placed test points land by their own blob
+    assert 0 < metrics["heldout_np@10"] <= 1 and metrics["time_transform_s"] > 0
+
+
 def test_run_writes_the_contract_and_one_row_and_two_runs_get_two_dirs(tmp_path: Path) -> None:
     """Two runs started together (same second) from another cwd: own dirs, one row each."""
     needs_method("pca")

@@ -159,7 +159,7 @@ def test_runner_passes_the_dataset_image_shape() -> None:
         plan.method.fit_transform(images(20, (50,)))
 
 
-def test_holdout_still_needs_a_parametric_method() -> None:
+def test_holdout_needs_a_method_that_embeds_new_points() -> None:
     with pytest.raises(InputError, match="parametric"):
         prepare(task_config(["method=pca", "holdout=true", "trainer.accelerator=cpu"]))
 
