@@ -287,3 +287,13 @@ def test_browser_density_fallback_hovers_the_sample(tmp_path):
     assert r["density_pixels"][0] > 800  # the raster of all 4000 points, under the sample
     ink, _ = non_blank_pixels(screenshot(page, tmp_path / "big.png"))
     assert ink > 2000
+
+
+@needs_chromium
+def test_browser_map_without_labels_or_text(tmp_path):
+    Y, _, _ = blobs(500)
+    nbmap.write_map(Y, tmp_path / "plain.html")
+    r = page_result(tmp_path / "plain.html")
+    assert r["drawn_pixels"][0] > 1000 and r["hover"]["hovered_row"] == r["hover"]["target_row"]
+    assert r["hover"]["tooltip"] == f"#{r['hover']['target_row']} \u00b7 unlabelled"
+    assert (r["legend"]["code"], r["legend"]["selected"]) == (0, 500)  # "unlabelled" selects all
