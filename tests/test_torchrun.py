@@ -1,9 +1,10 @@
 """Runs across processes and nodes, and runs that die: torchrun on one machine acting as two
 nodes, a node or a worker process killed mid-fit, a run killed with SIGKILL.
 
-Each test starts real processes (``python run.py`` or two ``torchrun`` launches) on digits with
-every output path in ``tmp_path``; their process trees are killed when a test ends, whatever
-happens. On this machine's 2 shared cores they take 10-40 s each.
+The device checks a torchrun launch gets come first, on their own. Every other test starts real
+processes (``python run.py`` or two ``torchrun`` launches) on digits with every output path in
+``tmp_path``; their process trees are killed when a test ends, whatever happens. On this
+machine's 2 shared cores they take 10-60 s each (marked slow).
 """
 
 from __future__ import annotations
@@ -21,8 +22,12 @@ from pathlib import Path
 import psutil
 import pytest
 
+from baselines.pca import PCA
+from nebench.devices import launch_rank, resolve_devices
+from nebench.errors import InputError
 from nebench.results import read_results
 from nebench.runner import RESULT_FILES, STAGING_DIR
+from nomad import NOMAD
 
 ROOT = Path(__file__).resolve().parents[1]
 #: a dead peer must end the run with an error within this many seconds (issues 15.6, 20.2)
@@ -35,9 +40,6 @@ LONG_FIT = ["method.n_epochs=2000", "method.verbose=true"]
 FIRST_EPOCH_LOG = "epoch 200/2000"
 #: the metrics these tests do not look at, skipped
 FEWER_METRICS = ["metrics.n_trust=0", "metrics.n_pairs=0"]
-
-pytestmark = pytest.mark.slow
-
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -139,7 +141,38 @@ def exit_within(proc: subprocess.Popen, seconds: float, what: str) -> int:
         pytest.fail(f"{what} still running {seconds} s after its peer died")
 
 
+# -- what a torchrun launch asks for --------------------------------------------------------------
+@pytest.fixture
+def torchrun_env(monkeypatch):
+    """This process as rank 1 of a launch of 8 processes, 4 per node, on nodes of 4 GPUs."""
+    for key, value in {"RANK": "1", "WORLD_SIZE": "8", "LOCAL_WORLD_SIZE": "4"}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr("nebench.devices._visible_gpus", lambda: 4)
+
+
+def test_launch_rank_reads_torchrun_s_environment(torchrun_env, monkeypatch) -> None:
+    assert launch_rank() == (1, 8)
+    for key in ("RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(key)
+    assert launch_rank() == (0, 1)
+
+
+def test_torchrun_devices_count_every_node_and_gpus_count_per_node(torchrun_env) -> None:
+    assert resolve_devices({"gpus": 8}, NOMAD, "nomad") == ("cuda", 8)  # 2 nodes x 4 GPUs
+    with pytest.raises(InputError, match="trainer.devices=8"):
+        resolve_devices({"gpus": 4}, NOMAD, "nomad")
+    with pytest.raises(InputError, match="'pca' runs on one device"):
+        resolve_devices({"accelerator": "cpu"}, PCA, "pca")
+
+
+def test_torchrun_needs_as_many_gpus_per_node_as_processes(torchrun_env, monkeypatch) -> None:
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")  # 8 processes on one node of 4 GPUs
+    with pytest.raises(InputError, match=r"8 GPU\(s\) requested on this node but torch sees 4"):
+        resolve_devices({"gpus": 8}, NOMAD, "nomad")
+
+
 # -- two nodes ----------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_two_torchrun_nodes_make_one_run_one_row_and_match_one_process(tmp_path: Path) -> None:
     """Issue 20.2 and 15.6: two launches as two nodes run one NOMAD fit; rank 0 alone writes
     the run and its row, and NP@10 is within 0.03 of the one-process run."""
@@ -170,6 +203,7 @@ def test_two_torchrun_nodes_make_one_run_one_row_and_match_one_process(tmp_path:
     assert abs(multi["np@10"] - single["np@10"]) <= 0.03, (multi["np@10"], single["np@10"])
 
 
+@pytest.mark.slow
 def test_a_dead_node_ends_the_run_with_a_clear_error(tmp_path: Path) -> None:
     """Issue 20.2: node 1 (its torchrun agent and worker) is SIGKILLed mid-fit; node 0 ends
     within DEAD_PEER_BOUND_S with an error that says a peer died, and records no result."""
@@ -192,6 +226,7 @@ def test_a_dead_node_ends_the_run_with_a_clear_error(tmp_path: Path) -> None:
 
 
 # -- one machine, spawned workers ------------------------------------------------------------------
+@pytest.mark.slow
 def test_a_dead_worker_process_ends_the_run_with_a_clear_error(tmp_path: Path) -> None:
     """Issue 15.6: one of the two spawned CPU workers is SIGKILLed mid-fit; the run ends
     within DEAD_PEER_BOUND_S, names the dead worker, stops the other and records nothing."""
@@ -227,6 +262,7 @@ def test_a_dead_worker_process_ends_the_run_with_a_clear_error(tmp_path: Path) -
 
 
 # -- a run killed with SIGKILL ---------------------------------------------------------------------
+@pytest.mark.slow
 def test_a_run_killed_mid_fit_leaves_no_result_and_no_row(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     cmd = [sys.executable, str(ROOT / "run.py"), "method=nomad", "dataset=digits",
@@ -242,6 +278,7 @@ def test_a_run_killed_mid_fit_leaves_no_result_and_no_row(tmp_path: Path) -> Non
     assert (run_dir / "config.yaml").is_file()  # what the runner writes before the fit
 
 
+@pytest.mark.slow
 def test_a_run_killed_while_writing_its_files_leaves_no_result_and_no_row(tmp_path: Path) -> None:
     """The kill lands after the embedding and the plot are written, before the map: the
     files wait in the hidden staging dir, so nothing in the run dir looks like a result."""
