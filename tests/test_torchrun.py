@@ -244,10 +244,13 @@ def test_a_dead_worker_process_ends_the_run_with_a_clear_error(tmp_path: Path) -
             except psutil.NoSuchProcess:
                 return []
 
-        # both workers up and past their imports (a second of CPU each)
-        wait_for(lambda: proc.poll() is not None or (
-            len(workers()) == 2 and all(w.cpu_times().user > 1 for w in workers())),
-            "two busy workers")
+        def busy() -> bool:  # both workers up and past their imports (a second of CPU each)
+            try:
+                return len(found := workers()) == 2 and all(w.cpu_times().user > 1 for w in found)
+            except psutil.NoSuchProcess:
+                return False
+
+        wait_for(lambda: proc.poll() is not None or busy(), "two busy workers")
         assert proc.poll() is None, output(tmp_path, 0)[-3000:]
         others = workers()
         victim = others.pop()
