@@ -27,7 +27,7 @@ import torch
 from scipy import sparse
 
 from .losses import UMAPLoss
-from .optimize import LR_LOG_Z, Comm, Shard, TrainSpec, _lr_factor, _rho, _ShardTrainer
+from .optimize import LR_LOG_Z, Comm, Shard, TrainSpec, _loss, _lr_factor, _rho, _ShardTrainer
 from .true_loss import attraction, repulsion, umap_losses
 
 
@@ -97,7 +97,7 @@ class EdgeTrainer(_ShardTrainer):
 
     def _forces(self, h, t, rho, grad, record):
         """Add the batch's gradient to ``grad``; return its loss summed over the edges."""
-        loss_fn, Y, m = self.spec.loss, self.Y.data, self.m
+        loss_fn, Y, m = self.loss, self.Y.data, self.m
         noise = self._negatives(h, t)
         if record is not None:
             record["noise"].append((h[:, None].expand(-1, m).reshape(-1), noise.reshape(-1)))
@@ -118,7 +118,7 @@ class EdgeTrainer(_ShardTrainer):
 
     def _repel(self, h, t, grad):
         """The correction's extra repulsion L^r_ij on edges (both ends move: it is a loss)."""
-        loss_fn, Y = self.spec.loss, self.Y.data
+        loss_fn, Y = self.loss, self.Y.data
         diff = (Y[h] - Y[t])[:, None]
         d2 = (diff * diff).sum(-1)
         q = loss_fn.kernel(d2)
@@ -165,7 +165,7 @@ class EdgeTrainer(_ShardTrainer):
 
         from .cpu_kernel import fused_edge_epoch
 
-        spec, loss_fn = self.spec, self.spec.loss
+        spec, loss_fn = self.spec, self.loss
         if not hasattr(self, "_velocity"):
             self._velocity = np.zeros_like(self.Y.data.numpy())
             self._ends = self.graph.heads.numpy(), self.graph.tails.numpy()
@@ -212,6 +212,7 @@ class EdgeTrainer(_ShardTrainer):
         for epoch in bar:
             logged = self.log_every > 0 and ((epoch + 1) % self.log_every == 0 or epoch == 0)
             record = {"edges": [], "noise": [], "extra": []} if logged else None
+            self.loss = _loss(spec, epoch)
             with torch.no_grad():
                 value = self._epoch(epoch, _rho(spec, epoch), record)
                 if logged:

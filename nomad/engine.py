@@ -141,7 +141,14 @@ class ContrastiveEmbedding(EmbeddingMethod, BaseEstimator):
         momentum, lr_schedule ("linear" to 0, "reference": flat then linear, "constant"),
         lr_decay_start: SGD settings; the reference code uses momentum 0.8 and "reference".
         early_exaggeration, early_exaggeration_epochs, late_exaggeration,
-        late_exaggeration_time: attraction multipliers (1 = off).
+        late_exaggeration_time: attraction multipliers (1 = off; t-SNE's early exaggeration).
+        spectrum_exaggeration_epochs: cne's early exaggeration (cne.py:441-459,
+            ALGORITHMS.md 1.5): the first that many epochs optimise the loss at the spectrum
+            point s_early = max(s, 1), the UMAP-like end (InfoNCE: repulsion x 4^-1 at s <= 1;
+            Neg-t-SNE: Z-bar = n^2 / m, nu = 1; with ``z_bar`` given, Z-bar = max(z_bar, n^2 / m)),
+            then the target; one learning-rate schedule spans all epochs and the optimiser is
+            not reset (as in cne). 0 = off. Only for losses with a spectrum parameter (nomad,
+            infonc_tsne, neg_tsne); ncvis and umap_loss refuse it (cne applies it to neither).
         clip_grad: clip each gradient coordinate of the summed loss (cne, UMAP: 4).
         init: "pca", or an (n, 2) array of starting positions (used as given);
             init_scale: std of PC1 after rescaling ("pca" only).
@@ -204,6 +211,7 @@ class ContrastiveEmbedding(EmbeddingMethod, BaseEstimator):
         lr_decay_start: float = 0.3,
         early_exaggeration: float = 1.0,
         early_exaggeration_epochs: int = 0,
+        spectrum_exaggeration_epochs: int = 0,
         late_exaggeration: float = 1.0,
         late_exaggeration_time: float = 1.0,
         clip_grad: float | None = None,
@@ -249,6 +257,7 @@ class ContrastiveEmbedding(EmbeddingMethod, BaseEstimator):
         self.lr_decay_start = lr_decay_start
         self.early_exaggeration = early_exaggeration
         self.early_exaggeration_epochs = early_exaggeration_epochs
+        self.spectrum_exaggeration_epochs = spectrum_exaggeration_epochs
         self.late_exaggeration = late_exaggeration
         self.late_exaggeration_time = late_exaggeration_time
         self.clip_grad = clip_grad
@@ -305,6 +314,12 @@ class ContrastiveEmbedding(EmbeddingMethod, BaseEstimator):
         _check_number("noise_samples", self.noise_samples, minimum=1, integer=True, auto=True)
         _check_number("noise_group", self.noise_group, minimum=1, integer=True)
         _check_number("n_epochs", self.n_epochs, minimum=1, integer=True)
+        _check_number("spectrum_exaggeration_epochs", self.spectrum_exaggeration_epochs, minimum=0,
+                      integer=True)
+        if self.spectrum_exaggeration_epochs > self.n_epochs:
+            raise InputError(f"method.spectrum_exaggeration_epochs={self.spectrum_exaggeration_epochs} is more "
+                             f"than method.n_epochs={self.n_epochs}: the run would never reach its target "
+                             "spectrum; lower it (cne: a third of the epochs) or raise n_epochs")
         _check_number("learning_rate", self.learning_rate, minimum=0, strict=True, auto=True)
         _check_number("batch_size", self.batch_size, minimum=1, integer=True, auto=True)
         _check_number("momentum", self.momentum, minimum=0)
@@ -400,6 +415,8 @@ class ContrastiveEmbedding(EmbeddingMethod, BaseEstimator):
             raise InputError("a precomputed knn_graph may link any two points, but several devices need "
                              "every kNN edge inside a cell: use devices=1, or let the engine search")
         Y0 = self._check_init(n)
+        loss = self._make_loss(n)
+        self._early_loss = self._spectrum_early(loss)  # refused before the index is built
         self.timings_ = {}
         seed = self.random_state_ = resolve_seed(self.random_state)
         if knn_graph is not None:
@@ -410,10 +427,10 @@ class ContrastiveEmbedding(EmbeddingMethod, BaseEstimator):
         if Y0 is None:
             with self._phase("init"):
                 Y0 = pca_init(X, self.init_scale, seed)
-        self.loss_, self.loss_history_, self.n_epochs_ = self._make_loss(n), [], 0
+        self.loss_, self.loss_history_, self.n_epochs_ = loss, [], 0
         self.encoder_ = None
         self._fit_X = X  # kept by reference for transform (kNN of new points) and optimize
-        self._run(X, Y0, int(self.n_epochs), None, self.early_exaggeration_epochs)
+        self._run(X, Y0, int(self.n_epochs), None, exaggerate=True)
         return self
 
     def fit_transform(self, X: np.ndarray, y=None, *, knn_graph=None) -> np.ndarray:
@@ -431,8 +448,20 @@ class ContrastiveEmbedding(EmbeddingMethod, BaseEstimator):
         if learning_rate is not None:
             _check_number("learning_rate", learning_rate, minimum=0, strict=True)
         self._check_params()
-        self._run(self._fit_X, self.embedding_, int(n_epochs), learning_rate, 0)
+        self._run(self._fit_X, self.embedding_, int(n_epochs), learning_rate, exaggerate=False)
         return self
+
+    def _spectrum_early(self, loss: ContrastiveLoss) -> ContrastiveLoss | None:
+        """The loss of cne's early-exaggeration epochs, or None when they are off."""
+        if not self.spectrum_exaggeration_epochs:
+            return None
+        early = loss.spectrum_early()
+        if early is None:
+            raise InputError(f"method.spectrum_exaggeration_epochs={self.spectrum_exaggeration_epochs}: "
+                             f"{type(self).__name__} has no spectrum parameter s to shift (cne's early "
+                             "exaggeration is defined for InfoNCE and Neg-t-SNE): set it to 0, or use "
+                             "method=infonc_tsne, neg_tsne or nomad")
+        return early
 
     def _build_index(self, X: np.ndarray, seed: int) -> None:
         n = len(X)
@@ -448,12 +477,13 @@ class ContrastiveEmbedding(EmbeddingMethod, BaseEstimator):
                 ivf_nprobe=int(self.ivf_nprobe), verbose=self.verbose)
 
     def _run(self, X: np.ndarray, Y0: np.ndarray, n_epochs: int, learning_rate: float | None,
-             early_epochs: int) -> None:
-        """Train from ``Y0`` for ``n_epochs`` on the fitted index; set the fitted state."""
+             exaggerate: bool) -> None:
+        """Train from ``Y0`` for ``n_epochs`` on the fitted index; set the fitted state. Early
+        exaggeration (both kinds) only where ``exaggerate`` (a fit, not ``optimize``)."""
         n = len(Y0)
         accelerator = self._resolve_accelerator()
         approximate = self.approximate or self._default_approximate
-        spec = self._train_spec(n, approximate, n_epochs, learning_rate, early_epochs)
+        spec = self._train_spec(n, approximate, n_epochs, learning_rate, exaggerate)
         spec.device = "cuda" if accelerator == "cuda" else "cpu"
         shards = make_shards(self.index_, Y0, self.devices)
         if self.callbacks:
@@ -576,7 +606,7 @@ class ContrastiveEmbedding(EmbeddingMethod, BaseEstimator):
         return Y0.copy()
 
     def _train_spec(self, n: int, approximate: str, n_epochs: int, learning_rate: float | None,
-                    early_epochs: int) -> TrainSpec:
+                    exaggerate: bool) -> TrainSpec:
         """The loop's settings with every "auto" resolved (recorded as ``learning_rate_``,
         ``batch_size_``, ``noise_samples_``)."""
         if self.batch_size != "auto":
@@ -603,7 +633,9 @@ class ContrastiveEmbedding(EmbeddingMethod, BaseEstimator):
             noise=self.noise, aggregation=self.aggregation,
             momentum=float(self.momentum), lr_schedule=self.lr_schedule, lr_decay_start=self.lr_decay_start,
             early_exaggeration=float(self.early_exaggeration),
-            early_exaggeration_epochs=int(early_epochs),
+            early_exaggeration_epochs=int(self.early_exaggeration_epochs) if exaggerate else 0,
+            early_loss=self._early_loss if exaggerate else None,
+            spectrum_exaggeration_epochs=int(self.spectrum_exaggeration_epochs) if exaggerate else 0,
             late_exaggeration=float(self.late_exaggeration),
             late_exaggeration_time=float(self.late_exaggeration_time),
             clip_grad=self.clip_grad, seed=seed, first_epoch=self.n_epochs_,

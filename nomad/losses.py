@@ -49,6 +49,12 @@ class ContrastiveLoss(torch.nn.Module):
         """(loss_kind, kernel_kind, alpha, nu, a, b) for :mod:`nomad.cpu_kernel`."""
         raise NotImplementedError
 
+    def spectrum_early(self) -> ContrastiveLoss | None:
+        """This loss at cne's early-exaggeration point of the spectrum, s_early = max(s, 1)
+        (cne.py:441-459, ALGORITHMS.md 1.5), or None for a loss without a spectrum parameter
+        (NCE learns its normaliser, UMAP's loss has none; cne runs neither with it)."""
+        return None
+
 
 class InfoNCE(ContrastiveLoss):
     """InfoNC-t-SNE (nomad-projection eq. 2/3; with cell means, the NOMAD surrogate eq. 3-5).
@@ -77,6 +83,10 @@ class InfoNCE(ContrastiveLoss):
 
     def fused(self):
         return 0, 0, 4.0 ** (-self.s), 0.0, 1.0, 1.0
+
+    def spectrum_early(self) -> InfoNCE:
+        """Repulsion x 4^-max(s, 1): at the default s = 0 a quarter of it (cne's ``ince_spec`` = 4)."""
+        return InfoNCE(max(self.s, 1.0))
 
 
 class _BinaryNCE(ContrastiveLoss):
@@ -116,19 +126,31 @@ class NegTSNE(_BinaryNCE):
     Z-bar comes from ``z_bar`` or from the spectrum parameter ``s``:
     ``Z-bar(s) = Z_tsne (Z_umap / Z_tsne)^s`` with Z_tsne = 100 n and Z_umap = n^2 / m,
     so s = 0 is t-SNE-like, s = 1 is UMAP (nu = 1), and s outside [0, 1] extrapolates.
+    (cne 0.4.0 fixes Z_umap = n^2 / 5, cne.py:323-326: the same at the default m = 5.)
     """
 
     def __init__(self, n: int, m: float, s: float | None = None, z_bar: float | None = None):
         super().__init__()
+        self.n, self.m = n, m
         if z_bar is None:
             s = 1.0 if s is None else s
             z_tsne, z_umap = 100.0 * n, n * n / m
             z_bar = z_tsne * (z_umap / z_tsne) ** s
-        self.z_bar = float(z_bar)
+        else:
+            s = None  # z_bar given: it overrides s
+        self.s, self.z_bar = s, float(z_bar)
         self.register_buffer("_log_nu", torch.tensor(math.log(m * self.z_bar / (n * n))))
 
     def log_nu(self):
         return self._log_nu
+
+    def spectrum_early(self) -> NegTSNE:
+        """Z-bar at s_early = max(s, 1): the UMAP end Z-bar = n^2 / m (nu = 1) for s <= 1. With
+        ``z_bar`` given (no s; cne then runs no early exaggeration at all) the same end, unless
+        ``z_bar`` lies beyond it: Z-bar_early = max(z_bar, n^2 / m), i.e. nu_early = max(nu, 1)."""
+        if self.s is not None:
+            return NegTSNE(self.n, self.m, s=max(self.s, 1.0))
+        return NegTSNE(self.n, self.m, z_bar=max(self.z_bar, self.n * self.n / self.m))
 
 
 class NCE(_BinaryNCE):

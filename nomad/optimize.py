@@ -82,6 +82,10 @@ class TrainSpec:
     lr_decay_start: float = 0.3
     early_exaggeration: float = 1.0
     early_exaggeration_epochs: int = 0
+    #: cne's early exaggeration: the first ``spectrum_exaggeration_epochs`` epochs optimise
+    #: ``early_loss`` (``loss`` at s_early = max(s, 1), :meth:`ContrastiveLoss.spectrum_early`)
+    early_loss: ContrastiveLoss | None = None
+    spectrum_exaggeration_epochs: int = 0
     late_exaggeration: float = 1.0
     late_exaggeration_time: float = 1.0
     clip_grad: float | None = None
@@ -131,6 +135,13 @@ def _lr_factor(spec: TrainSpec, t: float) -> float:
     if spec.lr_schedule == "constant":
         return 1.0
     raise ValueError(f"unknown lr_schedule {spec.lr_schedule!r}")
+
+
+def _loss(spec: TrainSpec, epoch: int) -> ContrastiveLoss:
+    """The loss an epoch optimises: ``early_loss`` during cne's early exaggeration, else ``loss``."""
+    if spec.early_loss is not None and epoch < spec.spectrum_exaggeration_epochs:
+        return spec.early_loss
+    return spec.loss
 
 
 def _rho(spec: TrainSpec, epoch: int) -> float:
@@ -186,6 +197,9 @@ class _ShardTrainer:
             params.append({"params": extra, "lr": LR_LOG_Z, "momentum": 0.0, "fixed": True})
         self.opt = torch.optim.SGD(params, lr=spec.learning_rate, momentum=spec.momentum)
         self.spec.loss.to(dev)
+        if spec.early_loss is not None:
+            spec.early_loss.to(dev)
+        self.loss = spec.loss  # the current epoch's loss (:func:`_loss`)
 
     # -- cell means (nomad-projection eq. 4) -------------------------------------------
     def cell_means(self) -> torch.Tensor:
@@ -246,7 +260,7 @@ class _ShardTrainer:
 
     def _grad_torch(self, heads, noise, c_noise, mu, c_mu, rho, with_value=True):
         """Batch gradient with torch ops (any device)."""
-        loss_fn, S, Y = self.spec.loss, noise.shape[1], self.Y.data
+        loss_fn, S, Y = self.loss, noise.shape[1], self.Y.data
         y_h = Y[heads]
         pos = self.nbrs[heads]
         diff_p = y_h[:, None, :] - Y[pos]
@@ -280,7 +294,7 @@ class _ShardTrainer:
 
         from .cpu_kernel import batch_forces, workspace
 
-        loss_fn = self.spec.loss
+        loss_fn = self.loss
         loss_kind, kernel_kind, alpha, nu, a, b = loss_fn.fused()
         if mu is None:
             mu_np, c_mu_np = np.zeros((0, 2), np.float32), np.zeros(0, np.float32)
@@ -368,7 +382,7 @@ class _ShardTrainer:
 
         from .cpu_kernel import fused_epoch
 
-        spec, loss_fn = self.spec, self.spec.loss
+        spec, loss_fn = self.spec, self.loss
         if not hasattr(self, "_velocity"):
             self._velocity = np.zeros_like(self.Y.data.numpy())
             self._dom_lo, self._dom_n = (t.numpy() for t in self._domain(torch.arange(self.n_local)))
@@ -399,7 +413,7 @@ class _ShardTrainer:
         bar = self.progress()
         for epoch in bar:
             _maybe_inject_fault(self.shard.rank, epoch)
-            rho = _rho(spec, epoch)
+            rho, self.loss = _rho(spec, epoch), _loss(spec, epoch)
             mu = self.cell_means() if self.uses_means and spec.mean_refresh == "epoch" else None
             lrs = np.array([spec.learning_rate * _lr_factor(spec, (epoch * steps + k) / total)
                             for k in range(steps)])

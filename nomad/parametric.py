@@ -61,7 +61,7 @@ class ParametricTrainer(_ShardTrainer):
         return super().cell_means()
 
     def step(self, mu: torch.Tensor | None, lr: float, rho: float, with_value: bool = True) -> float:
-        spec, B, S, loss_fn = self.spec, self.B, self.spec.noise_samples, self.spec.loss
+        spec, B, S, loss_fn = self.spec, self.B, self.spec.noise_samples, self.loss
         heads, noise, size = self._sample(B, S)
         pos = self.nbrs[heads]
         K = pos.shape[1]
