@@ -16,6 +16,13 @@ phases), total time, peak RSS, NP@k, RTA, kNN accuracy and the total time as a r
 openTSNE's from the same run, under a header naming the hardware and the command. A method whose
 import fails (an optional peer not installed) is skipped with a note; one that raises is
 reported as failed in its row and the benchmark goes on.
+
+Each rival at its best: ``protocols`` maps a method to its paper's protocol
+(``conf/protocol/<name>.yaml``), run as a second row beside the method's defaults row, or to
+``defaults`` where the method's defaults are its paper's protocol (one row). The ``setting``
+column labels every row: ``defaults``, ``defaults = paper`` or ``protocol <name>``. A protocol row
+is the method's config, then the protocol, then ``protocol_overrides.<method>`` (the
+``method_overrides`` belong to the defaults row only).
 """
 
 from __future__ import annotations
@@ -65,6 +72,9 @@ OPTIMISATION_PHASES = ("init", "fit")
 KNN, OPTIMISATION, TOTAL, RSS = "kNN/index (s)", "optimisation (s)", "total (s)", "peak RSS (GB)"
 WARMUP = "warm-up (s)"  # the untimed warm-up fit (numba compilation etc.), not in the total
 KNN_INDEX = "kNN search"
+SETTING = "setting"  # defaults, defaults = paper, or protocol <name>
+#: ``protocols`` value of a method whose defaults are its paper's protocol (no second row)
+PAPER_DEFAULTS = "defaults"
 RTA, KNN_ACC, RATIO, NOTE = "RTA", "kNN acc", f"time / {REFERENCE}", "note"
 #: display format of the numeric columns (NP@k columns use the RTA format)
 FORMATS = {KNN: "{:.2f}", OPTIMISATION: "{:.2f}", TOTAL: "{:.2f}", RSS: "{:.2f}", WARMUP: "{:.1f}",
@@ -99,6 +109,7 @@ class _Entry:
     plan: Plan | None
     config: dict[str, Any]
     note: str = ""
+    setting: str = "defaults"
 
 
 def run_benchmark(cfg: DictConfig) -> Report:
@@ -109,8 +120,16 @@ def run_benchmark(cfg: DictConfig) -> Report:
     """
     names = _method_names(cfg)
     overrides = _method_overrides(cfg, names)
+    protocols = _protocols(cfg)
+    protocol_overrides = _method_overrides(cfg, names, "protocol_overrides")
     pca_dims = _pca_dims(cfg.pca_dims)
-    entries = [_entry(cfg, name, overrides.get(name, {})) for name in names]
+    entries = []
+    for name in names:
+        protocol = protocols.get(name)
+        label = "defaults = paper" if protocol == PAPER_DEFAULTS else "defaults"
+        entries.append(_entry(cfg, name, overrides.get(name, {}), setting=label))
+        if protocol not in (None, PAPER_DEFAULTS):
+            entries.append(_entry(cfg, name, protocol_overrides.get(name, {}), protocol=protocol))
 
     data = load_dataset(cfg.dataset, cfg.paths.data_dir, cfg.seed)
     raw_dim = data.X.shape[1]
@@ -208,25 +227,41 @@ def _method_names(cfg: DictConfig) -> list[str]:
     return names
 
 
-def _method_overrides(cfg: DictConfig, names: list[str]) -> dict[str, dict[str, Any]]:
-    overrides = OmegaConf.to_container(cfg.method_overrides, resolve=False) or {}
+def _method_overrides(
+    cfg: DictConfig, names: list[str], key: str = "method_overrides"
+) -> dict[str, dict[str, Any]]:
+    node = cfg.get(key)
+    overrides = (OmegaConf.to_container(node, resolve=False) if node is not None else None) or {}
     if not isinstance(overrides, dict):
         raise InputError(
-            f"method_overrides={overrides!r} must map method names to parameters, e.g. "
-            "+method_overrides.nomad.n_epochs=200."
+            f"{key}={overrides!r} must map method names to parameters, e.g. "
+            f"+{key}.nomad.n_epochs=200."
         )
     for name, values in overrides.items():
         if name not in names:
             raise InputError(
-                f"method_overrides.{name} is given but {name!r} is not in methods "
+                f"{key}.{name} is given but {name!r} is not in methods "
                 f"({', '.join(names)}); add it to methods or drop the override."
             )
         if not isinstance(values, dict):
             raise InputError(
-                f"method_overrides.{name}={values!r} must be a mapping of parameters, e.g. "
-                f"+method_overrides.{name}.<parameter>=<value>."
+                f"{key}.{name}={values!r} must be a mapping of parameters, e.g. "
+                f"+{key}.{name}.<parameter>=<value>."
             )
     return overrides
+
+
+def _protocols(cfg: DictConfig) -> dict[str, str]:
+    """``cfg.protocols``: method -> a ``conf/protocol/`` name or ``defaults`` (null: none). Methods
+    listed but not in ``methods`` are ignored (the default lists every method with a paper)."""
+    node = cfg.get("protocols")
+    protocols = (OmegaConf.to_container(node, resolve=True) if node is not None else None) or {}
+    if not isinstance(protocols, dict) or not all(isinstance(v, str) for v in protocols.values()):
+        raise InputError(
+            f"protocols={protocols!r} must map method names to a protocol (conf/protocol/<name>.yaml) "
+            f"or '{PAPER_DEFAULTS}', e.g. 'protocols={{infonc_tsne: damrich_iclr}}'."
+        )
+    return protocols
 
 
 def _pca_dims(value: Any) -> int | None:
@@ -237,20 +272,31 @@ def _pca_dims(value: Any) -> int | None:
     )
 
 
-def _entry(cfg: DictConfig, name: str, overrides: dict[str, Any]) -> _Entry:
-    """Compose ``conf/method/<name>.yaml``, apply the overrides and check it with ``prepare``."""
-    method = OmegaConf.to_container(_compose_method(name).method, resolve=False)
+def _entry(
+    cfg: DictConfig,
+    name: str,
+    overrides: dict[str, Any],
+    *,
+    protocol: str | None = None,
+    setting: str = "defaults",
+) -> _Entry:
+    """Compose ``conf/method/<name>.yaml`` (then ``conf/protocol/<protocol>.yaml``), apply the
+    overrides and check it with ``prepare``."""
+    composed = _compose_method(name, protocol)
+    method = OmegaConf.to_container(composed.method, resolve=False)
     if not cfg.knn_cache and "cache_dir" in method:
         method["cache_dir"] = None
-    run_cfg = OmegaConf.create(
-        {
-            "seed": cfg.seed,
-            "trainer": cfg.trainer,
-            "metrics": cfg.metrics,
-            "paths": cfg.paths,
-            "method": OmegaConf.merge(method, overrides),
-        }
-    )
+    run = {
+        "seed": cfg.seed,
+        "trainer": cfg.trainer,
+        "metrics": cfg.metrics,
+        "paths": cfg.paths,
+        "method": OmegaConf.merge(method, overrides),
+    }
+    if protocol is not None:  # its tables, which the method's values interpolate
+        run["protocol"] = OmegaConf.to_container(composed.get("protocol") or {}, resolve=False)
+        setting = f"protocol {protocol}"
+    run_cfg = OmegaConf.create(run)
     try:
         plan = prepare(run_cfg)
     except InputError as exc:
@@ -258,22 +304,27 @@ def _entry(cfg: DictConfig, name: str, overrides: dict[str, Any]) -> _Entry:
         if failure is None:
             raise
         log.warning("%s skipped: %s", name, failure)
-        return _Entry(name, None, {}, f"skipped: {failure}")
-    return _Entry(name, plan, OmegaConf.to_container(run_cfg, resolve=True))
+        return _Entry(name, None, {}, f"skipped: {failure}", setting)
+    return _Entry(name, plan, OmegaConf.to_container(run_cfg, resolve=True), setting=setting)
 
 
-def _compose_method(name: str) -> DictConfig:
-    """``conf/method/<name>.yaml`` (or one under ``hydra.searchpath``) with its defaults."""
+def _compose_method(name: str, protocol: str | None = None) -> DictConfig:
+    """``conf/method/<name>.yaml`` (or one under ``hydra.searchpath``) with its defaults, then
+    ``conf/protocol/<protocol>.yaml`` over it."""
     searchpath = list(HydraConfig.get().searchpath)
     overrides = (
         [f"hydra.searchpath=[{','.join(repr(p) for p in searchpath)}]"] if searchpath else []
     )
+    extra = [f"+protocol={protocol}"] if protocol is not None else []
     try:
-        return compose(overrides=[*overrides, f"+method={name}"])
+        return compose(overrides=[*overrides, f"+method={name}", *extra])
     except MissingConfigException as exc:
-        options = GlobalHydra.instance().config_loader().get_group_options("method")
+        group = "protocol" if protocol is not None and "protocol" in str(exc) else "method"
+        options = GlobalHydra.instance().config_loader().get_group_options(group)
+        missing = protocol if group == "protocol" else name
         raise InputError(
-            f"methods: there is no method {name!r} (no conf/method/{name}.yaml); choose from "
+            f"{'protocols' if group == 'protocol' else 'methods'}: there is no {group} {missing!r} "
+            f"(no conf/{group}/{missing}.yaml); choose from "
             f"{', '.join(o for o in options if not o.startswith('_'))}."
         ) from exc
     except HydraException as exc:
@@ -309,7 +360,7 @@ def _project(X: np.ndarray, pca_dims: int | None, seed: int) -> np.ndarray:
 def _row(
     entry: _Entry, x_path: Path, y_path: Path, X: np.ndarray, data: Dataset, seed: int
 ) -> dict[str, Any]:
-    row: dict[str, Any] = {"method": entry.name, "device": "", NOTE: ""}
+    row: dict[str, Any] = {"method": entry.name, SETTING: entry.setting, "device": "", NOTE: ""}
     if entry.plan is None:
         return {**row, NOTE: entry.note}
     plan = entry.plan
@@ -387,11 +438,11 @@ def _table(rows: list[dict[str, Any]]) -> pd.DataFrame:
     np_columns = sorted(
         (c for c in table.columns if c.startswith("NP@")), key=lambda c: int(c.removeprefix("NP@"))
     )
-    columns = ["method", "device", KNN_INDEX, KNN, OPTIMISATION, TOTAL, WARMUP, RSS, *np_columns,
+    columns = ["method", SETTING, "device", KNN_INDEX, KNN, OPTIMISATION, TOTAL, WARMUP, RSS, *np_columns,
                RTA, KNN_ACC]  # fmt: skip
     table = table.reindex(columns=[*columns, NOTE])
     table[KNN_INDEX] = table[KNN_INDEX].fillna("")
-    reference = table.loc[table["method"] == REFERENCE, TOTAL]
+    reference = table.loc[(table["method"] == REFERENCE) & table[SETTING].str.startswith("defaults"), TOTAL]
     if len(reference) and np.isfinite(reference.iloc[0]):
         table.insert(len(columns), RATIO, table[TOTAL] / reference.iloc[0])
     return table
@@ -408,7 +459,9 @@ def _display(table: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     footnotes = []
     for i in shown.index[shown[NOTE] != ""]:
         kind, _, text = shown.at[i, NOTE].partition(": ")
-        footnotes.append(f"- [{len(footnotes) + 1}] {shown.at[i, 'method']} {kind}: {text}")
+        setting = shown.at[i, SETTING]
+        who = shown.at[i, "method"] + (f" ({setting})" if setting.startswith("protocol") else "")
+        footnotes.append(f"- [{len(footnotes) + 1}] {who} {kind}: {text}")
         shown.at[i, NOTE] = f"{kind} [{len(footnotes)}]"
     return shown, footnotes
 

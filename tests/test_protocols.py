@@ -223,3 +223,70 @@ def test_reduced_protocol_run_embeds_digits(digits, overrides, floor):
     Y = prepare(cfg).method.fit_transform(X)
     assert np.isfinite(Y).all()
     assert knn_score(Y, y) > floor
+
+
+# --- the benchmark: a row at the paper's protocol beside the defaults row ---------------------------
+
+
+def bench_config(overrides: list[str], out: Path):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("NEBENCH_RESULTS_DIR", str(out / "results"))
+        mp.setenv("NEBENCH_CACHE_DIR", str(out / "cache"))
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            cfg = compose("bench", overrides=overrides, return_hydra_config=True)
+            HydraConfig.instance().set_config(cfg)
+            OmegaConf.resolve(cfg.paths)
+            return cfg
+
+
+@pytest.mark.slow
+def test_bench_runs_each_method_at_its_defaults_and_at_its_papers_protocol(tmp_path, monkeypatch):
+    """``python -m experiments.bench``: infonc_tsne gets a second row at damrich_iclr (the
+    protocol's values, shortened by protocol_overrides only), nomad's defaults are its paper's."""
+    from experiments import bench
+
+    cfg = bench_config(["dataset=digits", "methods=[nomad,infonc_tsne]", "+method_overrides.nomad.n_epochs=20",
+                        "+method_overrides.infonc_tsne.n_epochs=20",
+                        "+protocol_overrides.infonc_tsne.n_epochs=30",
+                        "+protocol_overrides.infonc_tsne.spectrum_exaggeration_epochs=10"], tmp_path)
+    seen = []
+    entry = bench._entry
+    monkeypatch.setattr(bench, "_entry", lambda *a, **k: seen.append(entry(*a, **k)) or seen[-1])
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        HydraConfig.instance().set_config(cfg)
+        report = bench.run_benchmark(cfg)
+    table = report.table
+    assert list(zip(table["method"], table[bench.SETTING])) == [
+        ("nomad", "defaults = paper"), ("infonc_tsne", "defaults"), ("infonc_tsne", "protocol damrich_iclr")]
+    assert (table[bench.KNN_ACC] > 0.8).all() and np.isfinite(table[bench.WARMUP]).all()
+    defaults, protocol = (e.config["method"] for e in seen[1:])
+    assert (defaults["n_epochs"], defaults["sampling"], defaults["batch_size"]) == (20, "heads", "auto")
+    assert (protocol["n_epochs"], protocol["spectrum_exaggeration_epochs"]) == (30, 10)
+    assert (protocol["sampling"], protocol["batch_size"], protocol["aggregation"]) == ("edges", 1024, "sum")
+    assert "protocol damrich_iclr" in report.markdown()
+
+
+@pytest.mark.parametrize("overrides,match", [
+    (["methods=[infonc_tsne]", "protocols={infonc_tsne: no_such_protocol}"], "no protocol 'no_such_protocol'"),
+    (["methods=[nomad]", "+protocol_overrides.infonc_tsne.n_epochs=5"], "'infonc_tsne' is not in methods"),
+    (["methods=[infonc_tsne]", "protocols={infonc_tsne: 3}"], "must map method names"),
+])
+def test_bench_refuses_bad_protocol_requests_before_loading_data(tmp_path, monkeypatch, overrides, match):
+    from experiments import bench
+
+    monkeypatch.setattr(bench, "load_dataset", lambda *a, **k: pytest.fail("data loaded before the check"))
+    cfg = bench_config(["dataset=digits", *overrides], tmp_path)
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        HydraConfig.instance().set_config(cfg)
+        with pytest.raises(InputError, match=match):
+            bench.run_benchmark(cfg)
+
+
+def test_cne_match_keeps_cnes_defaults_and_offers_the_protocol():
+    """The cross-check runs without protocol rows; asked for, the protocol rows keep one exact
+    kNN graph on both sides."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("cne_match", overrides=["dataset=digits"])
+    assert cfg.protocols is None
+    assert cfg.method_overrides.infonc_tsne.n_epochs == 200  # cne's defaults, unchanged
+    assert cfg.protocol_overrides.cne.knn == "exact" and cfg.protocol_overrides.infonc_tsne.n_probe >= 64
