@@ -101,6 +101,26 @@ def test_exaggerated_epochs_are_the_run_at_s_early(digits, cls, target, early):
     assert np.abs(exaggerated[1] - at_early[1]).max() > 1e-3 * scale  # and the target takes over
 
 
+@pytest.mark.parametrize("cls,sampling", [(InfoNCTSNE, "heads"), (NegTSNE, "edges")])
+def test_exaggerated_epochs_on_the_torch_path(digits, monkeypatch, cls, sampling):
+    """The same on the torch ops that CUDA runs (the fused CPU kernel switched off)."""
+    from nomad.optimize import _ShardTrainer
+
+    init = _ShardTrainer.__init__
+
+    def torch_ops(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        self.fused = False
+
+    monkeypatch.setattr(_ShardTrainer, "__init__", torch_ops)
+    X = digits[0][:300]
+    exaggerated, _ = epochs_of(cls, X, s=0.0, sampling=sampling, spectrum_exaggeration_epochs=1)
+    at_early, _ = epochs_of(cls, X, s=1.0, sampling=sampling)
+    plain, _ = epochs_of(cls, X, s=0.0, sampling=sampling)
+    np.testing.assert_allclose(exaggerated[0], at_early[0], atol=1e-5)
+    assert np.abs(exaggerated[0] - plain[0]).max() > 1e-3 * np.abs(plain[0]).max()
+
+
 def test_optimize_continues_at_the_target(digits):
     model = InfoNCTSNE(n_epochs=2, spectrum_exaggeration_epochs=2, random_state=0).fit(digits[0][:300])
     assert model.loss_.s == 0.0
