@@ -178,6 +178,14 @@ def test_damrich_iclr_sets_the_papers_protocol_on_every_engine_method(name, para
     assert spec.learning_rate == (1e-3 if parametric else 1.0) and spec.batch_size == 1024
 
 
+def test_nomad_refuses_the_protocol_for_free_positions(digits):
+    """Edge sampling has no cell means: NOMAD's free positions under damrich_iclr stop before any
+    work, naming the methods that take it."""
+    plan = prepare(task(["method=nomad", "protocol=damrich_iclr", "trainer.accelerator=cpu"]))
+    with pytest.raises(InputError, match="sampling='edges'.*infonc_tsne, neg_tsne"):
+        plan.method.fit(digits[0][:100])
+
+
 def resolved_spec(method, n: int):
     """The training settings a fit on n points would resolve ("auto" values), without data: just
     enough fitted state for ``_train_spec``."""
