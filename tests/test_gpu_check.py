@@ -63,7 +63,12 @@ def test_dry_run_writes_the_table_and_json_and_its_cpu_steps_pass(tmp_path):
     assert set(rows) == set(FAST_STEPS.split(","))
 
 
-@pytest.mark.slow  # every step: about 3 minutes on 2 shared cores
+@pytest.mark.slow  # every step: 90 s on an idle 2-core machine
+@pytest.mark.skipif(
+    os.environ.get("NEBENCH_FULL_DRY_RUN") != "1",
+    reason="the full dry run (every step, 90 s) runs with NEBENCH_FULL_DRY_RUN=1; the suite keeps "
+    "to the fast dry run above and the per-step tests below, within its 15-minute budget",
+)
 def test_full_dry_run(tmp_path):
     rows, table, doc = dry_run(tmp_path)
     check_common(rows, table, doc)
