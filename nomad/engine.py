@@ -27,12 +27,6 @@ from .optimize import Comm, Shard, TrainSpec, train_shard
 
 log = logging.getLogger(__name__)
 
-#: above this many points one device searches the cell index (own cell only), not faiss's IVF:
-#: at 1M points IVF's training and per-list scans took 103-196 s against the cells' 63 s
-#: (README, "kNN indexes"), while at 70k IVF was the faster and more accurate one
-IVF_MAX_POINTS = 250_000
-
-
 def pca_init(X: np.ndarray, scale: float, seed: int) -> np.ndarray:
     """First two principal components, rescaled so that std(PC1) = ``scale``.
 
@@ -156,13 +150,13 @@ class ContrastiveEmbedding(EmbeddingMethod, BaseEstimator):
             the bound cells are split to ("auto" = 2 * n / n_cells); n_probe: kNN candidates
             come from the own cell (1, the paper) or also the n_probe - 1 nearest cells
             (higher recall; one device only, since neighbours may then cross devices);
-            "auto" = 3 on one device up to ``IVF_MAX_POINTS`` (NP@10 +0.02-0.03 on MNIST and
-            arXiv, README), else 1.
+            "auto" = 3 on one device (NP@10 +0.02-0.03 on MNIST and arXiv, README), else 1.
         knn: where the kNN graph comes from: "cells" (the index's cells, ``n_probe`` of
             them searched exactly), "faiss_ivf" (faiss's IVF index over all points,
             ``ivf_nprobe`` of its 4 sqrt(n) lists searched; one device only) or "auto":
-            faiss_ivf on one device up to ``IVF_MAX_POINTS`` (at 70k higher recall in a
-            third of the time, README "kNN indexes"), cells otherwise.
+            faiss_ivf on one device (at 70k higher recall in a third of the time; at 1M
+            mnist1m the same fit time, while the own-cell graph splits the map into its cells,
+            README "kNN indexes"), cells on several devices.
         approximate: which cells enter as cell means ("none", "remote", "others").
         mean_refresh: "epoch" (paper, Figure 2) or "step" (reference code).
         mean_weight: "paper" (|M| p(m in r), eq. 4) or "reference" (1 per mean, the code).
@@ -535,12 +529,12 @@ class ContrastiveEmbedding(EmbeddingMethod, BaseEstimator):
 
     def _knn(self, n: int) -> str:
         if self.knn == "auto":
-            return "faiss_ivf" if self.devices == 1 and n <= IVF_MAX_POINTS else "cells"
+            return "faiss_ivf" if self.devices == 1 else "cells"
         return self.knn
 
     def _n_probe(self, n: int) -> int:
         if self.n_probe == "auto":
-            return 3 if self.devices == 1 and n <= IVF_MAX_POINTS else 1
+            return 3 if self.devices == 1 else 1
         return int(self.n_probe)
 
     def _fit_parametric(self, X: np.ndarray, shard: Shard, spec: TrainSpec) -> np.ndarray:

@@ -8,7 +8,7 @@ The kNN graph comes from one of three searches. ``knn="cells"`` with ``n_probe=1
 paper's index, and the one several devices use): the k nearest neighbours inside each cell,
 exact, so every cell is a component of the kNN graph and can live on its own device. With
 ``n_probe > 1`` the nearest cells are searched too, and with ``knn="faiss_ivf"`` (the one-device
-default up to 250k points) faiss searches all points: neighbours then cross cells, which one
+default) faiss searches all points: neighbours then cross cells, which one
 device allows. A precomputed graph (:func:`precomputed_index`) puts every point in one cell.
 
 The index (cell labels, neighbour table, distances) is cached on disk under a key made of

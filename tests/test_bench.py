@@ -114,7 +114,7 @@ def test_phase_times_add_up_to_at_most_the_total(report: bench.Report) -> None:
 @pytest.mark.slow
 def test_each_row_names_the_knn_search_its_method_used(report: bench.Report) -> None:
     searches = dict(zip(report.table["method"], report.table[bench.KNN_INDEX]))
-    assert searches["nomad"] == "faiss IVF"  # the engine on one device below IVF_MAX_POINTS
+    assert searches["nomad"] == "faiss IVF"  # the engine on one device
     assert searches["opentsne"] in ("Annoy", "BallTree", "NNDescent")  # openTSNE's "auto"
     assert searches["pca"] == ""  # no kNN
 

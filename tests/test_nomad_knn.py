@@ -9,7 +9,6 @@ from sklearn.neighbors import NearestNeighbors
 
 from nebench.errors import InputError
 from nomad import NOMAD
-from nomad.engine import IVF_MAX_POINTS
 from nomad.index import build_index
 from nomad.knn import drop_self, ivf_knn
 
@@ -78,10 +77,9 @@ def test_build_index_takes_the_ivf_graph_and_keeps_the_cells(blobs):
         build_index(blobs, 8, n_cells=4, knn="hnsw")
 
 
-def test_engine_uses_ivf_on_one_device_up_to_its_size_limit_and_cells_otherwise():
-    assert NOMAD()._knn(IVF_MAX_POINTS) == "faiss_ivf"
-    assert NOMAD()._knn(IVF_MAX_POINTS + 1) == "cells"
-    assert (NOMAD()._n_probe(10_000), NOMAD()._n_probe(IVF_MAX_POINTS + 1)) == (3, 1)
+def test_engine_uses_ivf_on_one_device_at_every_size_and_cells_on_several():
+    assert NOMAD()._knn(10_000_000) == "faiss_ivf"
+    assert (NOMAD()._n_probe(10_000_000), NOMAD(devices=2)._n_probe(10_000)) == (3, 1)
     assert NOMAD(devices=2)._knn(10_000) == "cells"
     assert NOMAD(knn="cells")._knn(10_000) == "cells"
     with pytest.raises(InputError, match="knn=cells"):
