@@ -70,6 +70,7 @@ REFERENCE = "opentsne"
 OPTIMISATION_PHASES = ("init", "fit")
 
 KNN, OPTIMISATION, TOTAL, RSS = "kNN/index (s)", "optimisation (s)", "total (s)", "peak RSS (GB)"
+METRICS = "metrics (s)"  # metrics.evaluate in the parent, not in the total
 WARMUP = "warm-up (s)"  # the untimed warm-up fit (numba compilation etc.), not in the total
 KNN_INDEX = "kNN search"
 SETTING = "setting"  # defaults, defaults = paper, or protocol <name>
@@ -78,6 +79,7 @@ PAPER_DEFAULTS = "defaults"
 RTA, KNN_ACC, RATIO, NOTE = "RTA", "kNN acc", f"time / {REFERENCE}", "note"
 #: display format of the numeric columns (NP@k columns use the RTA format)
 FORMATS = {KNN: "{:.2f}", OPTIMISATION: "{:.2f}", TOTAL: "{:.2f}", RSS: "{:.2f}", WARMUP: "{:.1f}",
+           METRICS: "{:.1f}",
            RTA: "{:.3f}", KNN_ACC: "{:.3f}", RATIO: "{:.2f}"}  # fmt: skip
 
 
@@ -136,6 +138,7 @@ def run_benchmark(cfg: DictConfig) -> Report:
     X = _project(data.X, pca_dims, cfg.seed)
     check_data(X, min_points=max((e.plan.min_points for e in entries if e.plan), default=2))
 
+    load_before = _load_average()
     scratch = Path(cfg.scratch_dir)
     scratch.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -155,9 +158,22 @@ def run_benchmark(cfg: DictConfig) -> Report:
         f"- command: `{command()}`",
         f"- hardware: {hardware()}",
         f"- code: nebench {code_version()}, {timestamp()}",
-        f"- times: wall seconds of fit_transform, one fresh process per method ({knn})",
+        f"- times: wall seconds of fit_transform, one fresh process per method ({knn}); "
+        f"load average {load_before} before, {_load_average()} after (2 cores: above 2, other jobs "
+        "shared the CPU)",
     ]
-    return Report(header=header, table=_table(rows))
+    table = _table(rows)
+    table.insert(0, "n", n)
+    table.insert(0, "dataset", data.name)
+    return Report(header=header, table=table)
+
+
+def _load_average() -> str:
+    """The 1-minute load average (how busy the machine was), or "unknown"."""
+    try:
+        return f"{os.getloadavg()[0]:.1f}"
+    except OSError:
+        return "unknown"
 
 
 def command(module: str = "experiments.bench", default_config: str = "bench") -> str:
@@ -197,6 +213,10 @@ def report(run: Callable[[DictConfig], Any], cfg: DictConfig, what: str) -> None
     text = result.markdown()
     with atomic_open(cfg.output, "w") as f:
         f.write(text)
+    table = getattr(result, "table", None)
+    if isinstance(table, pd.DataFrame):  # the numbers, for plots (e.g. experiments.scale)
+        with atomic_open(Path(cfg.output).with_suffix(".csv"), "w") as f:
+            table.to_csv(f, index=False)
     print(text)  # the benchmark's product, on stdout
     log.info("table written to %s", cfg.output)
 
@@ -368,7 +388,9 @@ def _row(
     try:
         measured = _in_child(entry.config, x_path, y_path)
         Y = check_embedding(np.load(y_path), len(X), entry.name)
+        start = time.perf_counter()
         scores = evaluate(X, Y, data.y, data.n_train, **plan.metric_options, seed=seed)
+        metrics_time = time.perf_counter() - start
     except ImportError as exc:  # a peer imported only when fitting
         note = f"skipped: {_import_failure(exc)}"
         log.warning("%s %s", entry.name, note)
@@ -390,6 +412,7 @@ def _row(
         TOTAL: measured["time_total_s"],
         WARMUP: measured["time_warmup_s"],
         RSS: measured["peak_rss_gb"],
+        METRICS: metrics_time,
         **{key.upper(): v for key, v in scores.items() if key.startswith("np@") and "_" not in key},
         RTA: scores["rta"],
         KNN_ACC: scores.get("knn_acc", np.nan),
@@ -438,8 +461,8 @@ def _table(rows: list[dict[str, Any]]) -> pd.DataFrame:
     np_columns = sorted(
         (c for c in table.columns if c.startswith("NP@")), key=lambda c: int(c.removeprefix("NP@"))
     )
-    columns = ["method", SETTING, "device", KNN_INDEX, KNN, OPTIMISATION, TOTAL, WARMUP, RSS, *np_columns,
-               RTA, KNN_ACC]  # fmt: skip
+    columns = ["method", SETTING, "device", KNN_INDEX, KNN, OPTIMISATION, TOTAL, WARMUP, RSS, METRICS,
+               *np_columns, RTA, KNN_ACC]  # fmt: skip
     table = table.reindex(columns=[*columns, NOTE])
     table[KNN_INDEX] = table[KNN_INDEX].fillna("")
     reference = table.loc[(table["method"] == REFERENCE) & table[SETTING].str.startswith("defaults"), TOTAL]
@@ -451,7 +474,7 @@ def _table(rows: list[dict[str, Any]]) -> pd.DataFrame:
 def _display(table: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     """Numbers formatted per column; each note shortened to its kind ("skipped", "failed") and a
     footnote mark, its text returned as a footnote line."""
-    shown = table.copy()
+    shown = table.drop(columns=["dataset", "n"], errors="ignore")  # in the header
     for column in shown.columns:
         fmt = FORMATS.get(column, FORMATS[RTA] if column.startswith("NP@") else None)
         if fmt is not None:

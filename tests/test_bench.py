@@ -207,6 +207,9 @@ def test_command_line_prints_and_writes_the_table(tmp_path: Path) -> None:
     assert "digits: n=1,797, 64 dims" in text and "pca" in text
     assert "time / opentsne" not in text and "failed" not in text
     assert not list((tmp_path / "cache").glob("bench-*"))  # scratch files removed
+    numbers = pd.read_csv(output.with_suffix(".csv"))  # the same rows as numbers, for plots
+    assert list(numbers["method"]) == ["pca"] and list(numbers["n"]) == [1797]
+    assert numbers.loc[0, bench.METRICS] > 0 and numbers.loc[0, bench.TOTAL] > 0
 
 
 def test_cne_match_gives_our_methods_the_settings_cne_runs_with():
