@@ -49,6 +49,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from metrics import evaluate
+from nebench.config import RUNTIME_KEYS
 from nebench.datasets import check_data, load_dataset
 from nebench.devices import launch_rank, resolve_devices
 from nebench.errors import InputError
@@ -68,8 +69,6 @@ ERROR_FILE = "error.txt"
 STAGING_DIR = ".incomplete"
 #: method config keys that are not constructor arguments
 CONFIG_KEYS = ("name", "_target_")
-#: constructor arguments the harness sets (from ``seed`` and ``trainer``), never the method config
-RUNTIME_KEYS = ("random_state", "accelerator", "devices")
 #: constructor arguments that are not hyperparameters (kept out of the results table)
 NOT_HYPERPARAMETERS = ("cache_dir",)
 #: rows and step cap of the untimed warm-up fit, and what it always runs with

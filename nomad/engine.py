@@ -2,7 +2,9 @@
 
 A concrete method only says which loss it optimises (``_make_loss``) and its defaults;
 the kNN index, the p(j|i) weights, the PCA initialisation, the noise and cell-mean
-sampling, the optimiser, the schedule and the devices are all here.
+sampling, the optimiser, the schedule and the devices are all here. The flat constructor
+parameters are resolved at fit time into the checked option groups of :mod:`nomad.options`,
+and each trainer (heads, edges, parametric) is given its own.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from .errors import InputError
 from .index import CellIndex, auto_n_cells, build_index, precomputed_index
 from .losses import ContrastiveLoss
 from .optimize import Comm, Shard, TrainSpec, train_shard
+from .options import EdgesOptions, EngineOptions, IndexOptions, ParametricOptions, resolve
+from .options import check_number as _check_number
 
 log = logging.getLogger(__name__)
 
@@ -78,19 +82,6 @@ def make_shards(index: CellIndex, Y0: np.ndarray, world_size: int) -> list[Shard
     return shards
 
 
-def _check_number(name: str, value, *, minimum: float, integer: bool = False, auto: bool = False,
-                  strict: bool = False) -> None:
-    if auto and value == "auto":
-        return
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    ok = ok and (value > minimum if strict else value >= minimum) and (not integer or float(value).is_integer())
-    if not ok:
-        kind = "an integer" if integer else "a number"
-        bound = f"> {minimum}" if strict else f">= {minimum}"
-        extra = " or 'auto'" if auto else ""
-        raise InputError(f"method.{name}={value!r} is invalid: it must be {kind} {bound}{extra}")
-
-
 def resolve_seed(random_state) -> int:
     """The integer seed of a run: ``random_state`` itself, or one drawn from it (a
     ``np.random.RandomState``) or from fresh entropy (``None``), as scikit-learn allows."""
@@ -115,19 +106,56 @@ class ContrastiveEmbedding(EmbeddingMethod, BaseEstimator):
     every parameter below; a fitted model pickles. "auto" values are resolved at fit time
     and recorded: ``random_state_``, ``learning_rate_``, ``batch_size_``, ``noise_samples_``.
 
-    Parameters common to every engine method:
+    The parameters are flat keywords (scikit-learn, openTSNE, umap-learn); the defaults in the
+    signatures (this one and a method's own, e.g. :class:`~nomad.methods.NOMAD`) are the only
+    place each is written (the harness builds its Hydra config from them). At fit time they are
+    resolved into frozen, self-checking groups (:mod:`nomad.options`; ``options()`` returns
+    them, ``options_`` keeps the fitted ones) and each trainer gets its own: an option only
+    another trainer reads, set away from its default, fails with one
+    :class:`~nomad.errors.InputError` naming it and the fix (``graph`` with
+    ``sampling="heads"``, ``hidden`` with ``parametric=False``, ...).
+
+    Index (:class:`~nomad.options.IndexOptions`), the kNN graph and its weights:
         n_neighbors: k of the kNN graph.
         p_model: "inverse_rank" (nomad-projection eq. 6) or "uniform" (binary kNN graph).
+        metric: "euclidean" or "inner_product" (unit-norm data only).
+        knn: where the kNN graph comes from: "cells" (the index's cells, ``n_probe`` of
+            them searched exactly), "faiss_ivf" (faiss's IVF index over all points,
+            ``ivf_nprobe`` of its 4 sqrt(n) lists searched; one device only) or "auto":
+            faiss_ivf on one device (at 70k higher recall in a third of the time; at 1M
+            mnist1m the same fit time, while the own-cell graph splits the map into its cells,
+            README "kNN indexes"), cells on several devices.
+        n_probe: with knn="cells", kNN candidates come from the own cell (1, the paper) or
+            also the n_probe - 1 nearest cells (higher recall; one device only, since
+            neighbours may then cross devices); "auto" = 3 on one device (NP@10 +0.02-0.03 on
+            MNIST and arXiv, README), else 1.
+        ivf_nprobe: with knn="faiss_ivf", the IVF lists searched per point.
+        n_cells: K-means cells ("auto" = one per ``cell_size`` points); cell_size;
+            max_cell_size: the bound cells are split to ("auto" = 2 * n / n_cells). Cells are
+            also the unit of sharding over devices.
+        cache_dir: where the index is cached (None: no cache).
+
+    Noise (:class:`~nomad.options.NoiseOptions`), the repulsive term:
         n_noise: |M|, the number of noise samples per head in the objective (the
-            repulsion strength; m in tsne-to-umap-contrastive).
+            repulsion strength; m in tsne-to-umap-contrastive; per edge with edge sampling).
+        noise: "uniform" over all points (eq. 2) or "batch_neighbors": drawn from the pool
+            of the batch's positives, each standing for |M|/S samples (the reference code).
+        The trainers that draw heads (heads, parametric) also read:
         noise_samples: S, noise points actually drawn per head to estimate it
             ("auto" = min(|M|, 32)); each stands for |M| p(m in D) / S samples.
         noise_group: G, heads that share one draw of the S noise points (each head's
             estimate stays unbiased; a group's forces on a noise point are summed before they
             are scattered, so the compiled CPU epoch gathers and scatters G times less).
-        n_epochs: passes over the n heads.
+        approximate: which cells enter as cell means ("none", "remote", "others"; None = the
+            method's own: "remote" for NOMAD, "none" for the others).
+        mean_refresh: "epoch" (paper, Figure 2) or "step" (reference code); mean_weight:
+            "paper" (|M| p(m in r), eq. 4) or "reference" (1 per mean, the code). Both need
+            cell means (approximate other than "none").
+
+    Schedule (:class:`~nomad.options.ScheduleOptions`), the optimisation:
+        n_epochs: passes over the n heads (over the edges with edge sampling).
         learning_rate: "auto" = n/10 (nomad-projection sec. 3.4) for mean aggregation,
-            1.0 for sum aggregation (cne).
+            1.0 for sum aggregation (cne), 1e-3 (Adam) for the parametric trainer.
         batch_size: heads per step over all devices ("auto" = ceil(n/10): with the
             n/10 rate each head occurrence then takes a unit step, cne's setting); edges per
             step with ``sampling="edges"`` ("auto" = 1024, cne's ICLR-paper batch).
@@ -144,28 +172,33 @@ class ContrastiveEmbedding(EmbeddingMethod, BaseEstimator):
             not reset (as in cne). 0 = off. Only for losses with a spectrum parameter (nomad,
             infonc_tsne, neg_tsne); ncvis and umap_loss refuse it (cne applies it to neither).
         clip_grad: clip each gradient coordinate of the summed loss (cne, UMAP: 4).
+
+    Init (:class:`~nomad.options.InitOptions`):
         init: "pca", or an (n, 2) array of starting positions (used as given);
-            init_scale: std of PC1 after rescaling ("pca" only).
-        n_cells: K-means cells ("auto" = one per ``cell_size`` points); max_cell_size:
-            the bound cells are split to ("auto" = 2 * n / n_cells); n_probe: kNN candidates
-            come from the own cell (1, the paper) or also the n_probe - 1 nearest cells
-            (higher recall; one device only, since neighbours may then cross devices);
-            "auto" = 3 on one device (NP@10 +0.02-0.03 on MNIST and arXiv, README), else 1.
-        knn: where the kNN graph comes from: "cells" (the index's cells, ``n_probe`` of
-            them searched exactly), "faiss_ivf" (faiss's IVF index over all points,
-            ``ivf_nprobe`` of its 4 sqrt(n) lists searched; one device only) or "auto":
-            faiss_ivf on one device (at 70k higher recall in a third of the time; at 1M
-            mnist1m the same fit time, while the own-cell graph splits the map into its cells,
-            README "kNN indexes"), cells on several devices.
-        approximate: which cells enter as cell means ("none", "remote", "others").
-        mean_refresh: "epoch" (paper, Figure 2) or "step" (reference code).
-        mean_weight: "paper" (|M| p(m in r), eq. 4) or "reference" (1 per mean, the code).
-        noise: "uniform" over all points (eq. 2) or "batch_neighbors": drawn from the pool
-            of the batch's positives, each standing for |M|/S samples (the reference code).
-        metric: "euclidean" or "inner_product" (unit-norm data only) for the index.
-        accelerator ("cpu"/"cuda"/"auto"), devices: where to train; devices > 1 runs
-            one process per device.
-        cache_dir: where the index is cached (None: no cache).
+        init_scale: std of PC1 after rescaling ("pca" only).
+
+    Trainer: ``sampling`` and ``parametric`` pick one of three, each with its own group:
+        sampling: "heads" (NOMAD: draw heads, each brings its k neighbours;
+            :class:`~nomad.options.HeadsOptions`, no options of its own; the one trainer for
+            several devices) or "edges" (UMAP, cne: each epoch walks the edges of the symmetric
+            kNN graph, each taken with probability mu_ij; one device, free positions, exact
+            noise; see :mod:`nomad.edges`).
+        parametric: train an MLP encoder with Adam on heads instead of free positions
+            (:class:`~nomad.options.ParametricOptions`); ``transform`` then embeds new points.
+        Edges (:class:`~nomad.options.EdgesOptions`): graph: "binary" (cne) or "umap" (UMAP's
+            fuzzy simplicial set); push_noise: negatives are pushed too (cne; heads and the
+            encoder always push theirs); correct_repulsion: umap-true-loss eq. 18;
+            loss_log_every / loss_log_pairs: purported, effective and actual UMAP losses every
+            that many epochs, in ``loss_log_``; all-pair sums exact up to that many pairs
+            (correct_repulsion and the log: UMAP's loss only).
+        Parametric (:class:`~nomad.options.ParametricOptions`): hidden: the encoder's layer
+            widths.
+
+    Devices (:class:`~nomad.options.DeviceOptions`):
+        accelerator ("cpu"/"cuda"/"auto"), devices: where to train; devices > 1 runs one
+            process per device (NOMAD, heads trainer, knn="cells" with n_probe=1).
+
+    The run (no group):
         callbacks: a callable or a list of them, each called after every epoch as
             ``callback(epoch, loss, embedding)`` (embedding: (n, 2), input order; loss: the
             epoch's first batch's mean per head); one returning True stops training (openTSNE's
@@ -173,15 +206,6 @@ class ContrastiveEmbedding(EmbeddingMethod, BaseEstimator):
         random_state: an integer seed, None (fresh entropy) or a numpy RandomState.
         verbose: tqdm bars and log lines for the index build, the kNN search and the epochs
             (with the current loss).
-        parametric: train an MLP encoder (widths ``hidden``) with Adam instead of free
-            positions ("auto" learning rate 1e-3, cne); ``transform`` then embeds new points.
-        sampling: "heads" (NOMAD: draw heads, each brings its k neighbours) or "edges"
-            (UMAP, cne: each epoch walks the edges of the symmetric graph ``graph``, "binary"
-            (cne) or "umap" (UMAP's fuzzy simplicial set), each taken with probability mu_ij;
-            one device, free positions; see :mod:`nomad.edges`). Edge-mode options:
-            push_noise (negatives are pushed too), correct_repulsion (umap-true-loss eq. 18),
-            loss_log_every / loss_log_pairs (purported, effective and actual UMAP losses
-            every that many epochs, in ``loss_log_``; all-pair sums exact up to that many pairs).
     """
 
     accelerators: ClassVar[tuple[str, ...]] = ("cpu", "cuda")
@@ -301,96 +325,51 @@ class ContrastiveEmbedding(EmbeddingMethod, BaseEstimator):
     def _make_loss(self, n: int) -> ContrastiveLoss:  # pragma: no cover - interface
         raise NotImplementedError
 
-    # -- validation -----------------------------------------------------------------------------
-    def _check_params(self) -> None:
-        _check_number("n_neighbors", self.n_neighbors, minimum=1, integer=True)
-        _check_number("n_noise", self.n_noise, minimum=0, strict=True)
-        _check_number("noise_samples", self.noise_samples, minimum=1, integer=True, auto=True)
-        _check_number("noise_group", self.noise_group, minimum=1, integer=True)
-        _check_number("n_epochs", self.n_epochs, minimum=1, integer=True)
-        _check_number("spectrum_exaggeration_epochs", self.spectrum_exaggeration_epochs, minimum=0,
-                      integer=True)
-        if self.spectrum_exaggeration_epochs > self.n_epochs:
-            raise InputError(f"method.spectrum_exaggeration_epochs={self.spectrum_exaggeration_epochs} is more "
-                             f"than method.n_epochs={self.n_epochs}: the run would never reach its target "
-                             "spectrum; lower it (cne: a third of the epochs) or raise n_epochs")
-        _check_number("learning_rate", self.learning_rate, minimum=0, strict=True, auto=True)
-        _check_number("batch_size", self.batch_size, minimum=1, integer=True, auto=True)
-        _check_number("momentum", self.momentum, minimum=0)
-        _check_number("init_scale", self.init_scale, minimum=0, strict=True)
-        _check_number("n_cells", self.n_cells, minimum=1, integer=True, auto=True)
-        _check_number("devices", self.devices, minimum=1, integer=True)
-        _check_number("cell_size", self.cell_size, minimum=1, integer=True)
-        _check_number("n_probe", self.n_probe, minimum=1, integer=True, auto=True)
-        if self.n_probe != "auto" and self.n_probe > 1 and self.devices > 1:
-            raise InputError(f"n_probe={self.n_probe} lets kNN edges cross cells, and so devices; with "
-                             f"devices={self.devices} keep method.n_probe=1")
-        _check_number("max_cell_size", self.max_cell_size, minimum=1, integer=True, auto=True)
-        _check_number("ivf_nprobe", self.ivf_nprobe, minimum=1, integer=True)
-        if self.knn == "faiss_ivf" and self.devices > 1:
-            raise InputError(f"knn=faiss_ivf lets kNN edges cross cells, and so devices; with "
-                             f"devices={self.devices} use method.knn=cells (or auto)")
-        if self.clip_grad is not None:
-            _check_number("clip_grad", self.clip_grad, minimum=0, strict=True)
-        choices = {"p_model": ("inverse_rank", "uniform"), "aggregation": ("mean", "sum"),
-                   "lr_schedule": ("linear", "reference", "constant"),
-                   "approximate": (None, "none", "remote", "others"),
-                   "mean_refresh": ("epoch", "step"), "mean_weight": ("paper", "reference"),
-                   "noise": ("uniform", "batch_neighbors"),
-                   "metric": ("euclidean", "inner_product"), "knn": ("auto", "cells", "faiss_ivf"),
-                   "sampling": ("heads", "edges"), "graph": ("binary", "umap"),
-                   "accelerator": ("auto", "cpu", "cuda")}
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise InputError(f"method.{name}={getattr(self, name)!r} is invalid: choose one of "
-                                 f"{[a for a in allowed if a is not None]}")
-        if isinstance(self.init, str) and self.init != "pca":
-            raise InputError(f"method.init={self.init!r} is invalid: use 'pca' or an (n, 2) array")
-        if self.callbacks is not None:
-            if not all(callable(cb) for cb in self._callback_list()):
-                raise InputError("callbacks must be a callable or a list of callables "
-                                 "callback(epoch, loss, embedding)")
-            if self.devices > 1:
-                raise InputError("callbacks run on one device: drop them or set devices=1")
-        _check_number("loss_log_every", self.loss_log_every, minimum=0, integer=True)
-        _check_number("loss_log_pairs", self.loss_log_pairs, minimum=1, integer=True)
-        if self.sampling == "edges":
-            _check_number("n_noise", self.n_noise, minimum=1, integer=True)
-            if self.devices > 1 or self.parametric or self.approximate not in (None, "none") \
-                    or self._default_approximate != "none":
-                raise InputError("sampling='edges' trains free positions on one device with exact noise: "
-                                 "use it with infonc_tsne, neg_tsne, ncvis or umap_loss, devices=1 and "
-                                 "parametric=false (or keep method.sampling=heads)")
-        elif self.correct_repulsion or self.loss_log_every:
-            raise InputError("correct_repulsion and loss_log_every sample kNN edges: set "
-                             "method.sampling=edges")
-        if self.graph == "umap" and self.metric != "euclidean":
-            raise InputError("graph='umap' needs Euclidean distances: set method.metric=euclidean")
-        if self.parametric and self.devices > 1:
-            raise InputError("parametric=true runs on one device: drop trainer.devices or set "
-                             "method.parametric=false")
-        if self.devices > 1 and not self.multi_device:
-            raise InputError(f"devices={self.devices}: {type(self).__name__} runs on one device (its "
-                             "noise is uniform over all points); use method=nomad for several devices")
-        if (self.approximate or self._default_approximate) == "none" and self.devices > 1:
-            raise InputError("approximate='none' keeps all noise exact, which needs every point on one "
-                             "device: use approximate='remote' with several devices")
+    # -- the options, grouped and checked --------------------------------------------------------
+    @classmethod
+    def default_params(cls) -> dict:
+        """Every constructor parameter with its default, the one place each is written: the
+        most derived ``__init__`` that names it (``NOMAD(n_neighbors=8)`` over the engine's
+        15), in the engine's order, then a method's own (``s``, ``min_dist``). The harness's
+        Hydra config of a method is built from this."""
+        defaults: dict = {}
+        for klass in reversed(cls.__mro__):
+            init = klass.__dict__.get("__init__")
+            if init is None or klass is object:
+                continue
+            for name, p in inspect.signature(init).parameters.items():
+                if name != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
+                    defaults[name] = p.default
+        return defaults
 
-    def _check_data(self, X: np.ndarray) -> None:
-        check_data(X, min_points=self.n_neighbors + 1)
-        if self.metric == "inner_product":
+    def options(self) -> EngineOptions:
+        """The parameters resolved into their checked groups (:mod:`nomad.options`: index,
+        noise, schedule, init, the trainer's variant, devices); an invalid value or combination
+        raises one :class:`~nomad.errors.InputError` naming the option, why, and the fix. ``fit``
+        records what it used as ``options_``."""
+        options = resolve(self.get_params(deep=False), type(self).default_params(), method=type(self).__name__,
+                          multi_device=self.multi_device, default_approximate=self._default_approximate)
+        if self.callbacks is not None and not all(callable(cb) for cb in self._callback_list()):
+            raise InputError("callbacks must be a callable or a list of callables "
+                             "callback(epoch, loss, embedding)")
+        return options
+
+    def _check_data(self, X: np.ndarray, index: IndexOptions) -> None:
+        check_data(X, min_points=index.n_neighbors + 1)
+        if index.metric == "inner_product":
             norms = np.linalg.norm(np.asarray(X[:1000], dtype=np.float32), axis=1)
             if not np.allclose(norms, 1.0, atol=1e-2):
                 raise InputError("metric='inner_product' needs unit-norm rows: set dataset.l2_normalize=true "
                                  "or use method.metric=euclidean")
 
-    def _resolve_accelerator(self) -> str:
-        if self.accelerator == "auto":
+    def _resolve_accelerator(self, options: EngineOptions) -> str:
+        accelerator, devices = options.devices.accelerator, options.devices.devices
+        if accelerator == "auto":
             return "cuda" if torch.cuda.is_available() else "cpu"
-        if self.accelerator == "cuda" and torch.cuda.device_count() < self.devices:
-            raise InputError(f"asked for {self.devices} CUDA devices but {torch.cuda.device_count()} are "
+        if accelerator == "cuda" and torch.cuda.device_count() < devices:
+            raise InputError(f"asked for {devices} CUDA devices but {torch.cuda.device_count()} are "
                              "visible: use accelerator='cpu' with devices=N for CPU processes")
-        return self.accelerator
+        return accelerator
 
     # -- the pipeline ---------------------------------------------------------------------------
     def fit(self, X: np.ndarray, y=None, *, knn_graph=None) -> ContrastiveEmbedding:
@@ -401,30 +380,34 @@ class ContrastiveEmbedding(EmbeddingMethod, BaseEstimator):
         ascending distance, or a sparse (n, n) matrix of distances with at least k stored
         entries a row; entries of a point to itself are dropped, the k nearest others kept.
         ``y`` is ignored (scikit-learn's signature)."""
-        self._check_params()
-        self._check_data(X)
-        self._resolve_accelerator()  # asking for absent GPUs fails before the index is built
+        options = self.options()
+        self._check_data(X, options.index)
+        self._resolve_accelerator(options)  # asking for absent GPUs fails before the index is built
         n = len(X)
-        if knn_graph is not None and self.devices > 1:
+        if knn_graph is not None and options.devices.devices > 1:
             raise InputError("a precomputed knn_graph may link any two points, but several devices need "
                              "every kNN edge inside a cell: use devices=1, or let the engine search")
-        Y0 = self._check_init(n)
+        Y0 = self._check_init(n, options)
         loss = self._make_loss(n)
-        self._early_loss = self._spectrum_early(loss)  # refused before the index is built
+        self._early_loss = self._spectrum_early(loss, options)  # refused before the index is built
+        if isinstance(options.trainer, EdgesOptions):
+            from .edges import check_edge_options
+
+            check_edge_options(loss, options.trainer.correct_repulsion, options.trainer.loss_log_every)
         self.timings_ = {}
         seed = self.random_state_ = resolve_seed(self.random_state)
         if knn_graph is not None:
-            self.index_ = precomputed_index(knn_graph, n, int(self.n_neighbors))
+            self.index_ = precomputed_index(knn_graph, n, int(options.index.n_neighbors))
             self.index_cached_, self.knn_index_ = False, "precomputed"
         else:
-            self._build_index(X, seed)
+            self._build_index(X, seed, options)
         if Y0 is None:
             with self._phase("init"):
-                Y0 = pca_init(X, self.init_scale, seed)
+                Y0 = pca_init(X, options.init.init_scale, seed)
         self.loss_, self.loss_history_, self.n_epochs_ = loss, [], 0
         self.encoder_ = None
         self._fit_X = X  # kept by reference for transform (kNN of new points) and optimize
-        self._run(X, Y0, int(self.n_epochs), None, exaggerate=True)
+        self._run(X, Y0, int(options.schedule.n_epochs), None, options, exaggerate=True)
         return self
 
     def fit_transform(self, X: np.ndarray, y=None, *, knn_graph=None) -> np.ndarray:
@@ -441,55 +424,55 @@ class ContrastiveEmbedding(EmbeddingMethod, BaseEstimator):
         _check_number("n_epochs", n_epochs, minimum=1, integer=True)
         if learning_rate is not None:
             _check_number("learning_rate", learning_rate, minimum=0, strict=True)
-        self._check_params()
-        self._run(self._fit_X, self.embedding_, int(n_epochs), learning_rate, exaggerate=False)
+        options = self.options()
+        self._run(self._fit_X, self.embedding_, int(n_epochs), learning_rate, options, exaggerate=False)
         return self
 
-    def _spectrum_early(self, loss: ContrastiveLoss) -> ContrastiveLoss | None:
+    def _spectrum_early(self, loss: ContrastiveLoss, options: EngineOptions) -> ContrastiveLoss | None:
         """The loss of cne's early-exaggeration epochs, or None when they are off."""
-        if not self.spectrum_exaggeration_epochs:
+        epochs = options.schedule.spectrum_exaggeration_epochs
+        if not epochs:
             return None
         early = loss.spectrum_early()
         if early is None:
-            raise InputError(f"method.spectrum_exaggeration_epochs={self.spectrum_exaggeration_epochs}: "
+            raise InputError(f"method.spectrum_exaggeration_epochs={epochs}: "
                              f"{type(self).__name__} has no spectrum parameter s to shift (cne's early "
                              "exaggeration is defined for InfoNCE and Neg-t-SNE): set it to 0, or use "
                              "method=infonc_tsne, neg_tsne or nomad")
         return early
 
-    def _build_index(self, X: np.ndarray, seed: int) -> None:
-        n = len(X)
-        n_cells = auto_n_cells(n, self.cell_size) if self.n_cells == "auto" else int(self.n_cells)
-        n_cells = max(n_cells, self.devices)
-        max_cell = 2 * math.ceil(n / n_cells) if self.max_cell_size == "auto" else int(self.max_cell_size)
-        knn, n_probe = self._knn(n), self._n_probe(n)
-        self.knn_index_ = "faiss IVF" if knn == "faiss_ivf" else f"cells ({n_probe} probed)"
+    def _build_index(self, X: np.ndarray, seed: int, options: EngineOptions) -> None:
+        n, index, devices = len(X), options.index, options.devices.devices
+        n_cells = auto_n_cells(n, index.cell_size) if index.n_cells == "auto" else int(index.n_cells)
+        n_cells = max(n_cells, devices)
+        max_cell = 2 * math.ceil(n / n_cells) if index.max_cell_size == "auto" else int(index.max_cell_size)
+        self.knn_index_ = "faiss IVF" if index.knn == "faiss_ivf" else f"cells ({index.n_probe} probed)"
         with self._phase("knn"):
             self.index_, self.index_cached_ = build_index(
-                X, int(self.n_neighbors), n_cells=n_cells, max_cell_size=max_cell, metric=self.metric,
-                seed=seed, cache_dir=self.cache_dir, n_probe=n_probe, knn=knn,
-                ivf_nprobe=int(self.ivf_nprobe), verbose=self.verbose)
+                X, int(index.n_neighbors), n_cells=n_cells, max_cell_size=max_cell, metric=index.metric,
+                seed=seed, cache_dir=index.cache_dir, n_probe=index.n_probe, knn=index.knn,
+                ivf_nprobe=int(index.ivf_nprobe), verbose=self.verbose)
 
     def _run(self, X: np.ndarray, Y0: np.ndarray, n_epochs: int, learning_rate: float | None,
-             exaggerate: bool) -> None:
+             options: EngineOptions, exaggerate: bool) -> None:
         """Train from ``Y0`` for ``n_epochs`` on the fitted index; set the fitted state. Early
-        exaggeration (both kinds) only where ``exaggerate`` (a fit, not ``optimize``)."""
-        n = len(Y0)
-        accelerator = self._resolve_accelerator()
-        approximate = self.approximate or self._default_approximate
-        spec = self._train_spec(n, approximate, n_epochs, learning_rate, exaggerate)
+        exaggeration (both kinds) only where ``exaggerate`` (a fit, not ``optimize``). Each
+        trainer gets the loop's settings and its own option group."""
+        n, devices, trainer = len(Y0), options.devices.devices, options.trainer
+        accelerator = self._resolve_accelerator(options)
+        spec = self._train_spec(n, options, n_epochs, learning_rate, exaggerate)
         spec.device = "cuda" if accelerator == "cuda" else "cpu"
-        shards = make_shards(self.index_, Y0, self.devices)
+        shards = make_shards(self.index_, Y0, devices)
         if self.callbacks:
             spec.callback = self._callback(shards[0].rows, n)
         with self._phase("fit"):
-            if self.parametric:
-                Ys = [self._fit_parametric(X, shards[0], spec)]
+            if isinstance(trainer, ParametricOptions):
+                Ys = [self._fit_parametric(X, shards[0], spec, trainer)]
                 stats = [{"bytes_by_tag": {}, "calls_by_tag": {}}]
-            elif self.sampling == "edges":
-                Ys = [self._fit_edges(shards[0], spec)]
+            elif isinstance(trainer, EdgesOptions):
+                Ys = [self._fit_edges(shards[0], spec, trainer)]
                 stats = [{"bytes_by_tag": {}, "calls_by_tag": {}}]
-            elif self.devices == 1:
+            elif devices == 1:
                 comm = Comm()
                 Ys = [train_shard(shards[0], spec, comm)]
                 stats = [{"bytes_by_tag": comm.bytes_by_tag, "calls_by_tag": comm.calls_by_tag}]
@@ -499,6 +482,7 @@ class ContrastiveEmbedding(EmbeddingMethod, BaseEstimator):
         for s, Ys_r in zip(shards, Ys):
             Y[s.rows] = Ys_r
         self.embedding_ = Y
+        self.options_ = options
         self.loss_history_ += list(spec.loss_history)
         self.n_epochs_ += len(spec.loss_history)
         self.learning_rate_, self.batch_size_ = spec.learning_rate, spec.batch_size
@@ -507,7 +491,7 @@ class ContrastiveEmbedding(EmbeddingMethod, BaseEstimator):
         self.bytes_per_epoch_ = sum(s["bytes_by_tag"].get("cell_means", 0) for s in stats[:1]) / n_epochs
         self.n_cells_ = self.index_.n_cells
         log.info("%s: n=%d, %d cells, %d devices (%s), %.0f bytes all-gathered per epoch per device",
-                 type(self).__name__, n, self.n_cells_, self.devices, accelerator, self.bytes_per_epoch_)
+                 type(self).__name__, n, self.n_cells_, devices, accelerator, self.bytes_per_epoch_)
 
     def _callback(self, rows: np.ndarray, n: int):
         """The trainer's per-epoch hook: every callback sees ``(epoch, loss, embedding)``, the
@@ -527,33 +511,24 @@ class ContrastiveEmbedding(EmbeddingMethod, BaseEstimator):
             return []
         return list(self.callbacks) if isinstance(self.callbacks, (list, tuple)) else [self.callbacks]
 
-    def _knn(self, n: int) -> str:
-        if self.knn == "auto":
-            return "faiss_ivf" if self.devices == 1 else "cells"
-        return self.knn
-
-    def _n_probe(self, n: int) -> int:
-        if self.n_probe == "auto":
-            return 3 if self.devices == 1 else 1
-        return int(self.n_probe)
-
-    def _fit_parametric(self, X: np.ndarray, shard: Shard, spec: TrainSpec) -> np.ndarray:
+    def _fit_parametric(self, X: np.ndarray, shard: Shard, spec: TrainSpec,
+                        options: ParametricOptions) -> np.ndarray:
         from .parametric import MLPEncoder, ParametricTrainer
 
         if self.encoder_ is None:  # a new fit; optimize() continues the trained encoder
             torch.manual_seed(spec.seed)
-            self.encoder_ = MLPEncoder(X.shape[1], tuple(self.hidden))
+            self.encoder_ = MLPEncoder(X.shape[1], tuple(int(w) for w in options.hidden))
         trainer = ParametricTrainer(shard, spec, Comm(), self.encoder_, X[shard.rows])
         return trainer.train()
 
-    def _fit_edges(self, shard: Shard, spec: TrainSpec) -> np.ndarray:
-        from .edges import EdgeTrainer, check_edge_options, edge_graph
+    def _fit_edges(self, shard: Shard, spec: TrainSpec, options: EdgesOptions) -> np.ndarray:
+        from .edges import EdgeTrainer, edge_graph
 
-        check_edge_options(spec.loss, self.correct_repulsion, self.loss_log_every)
-        graph = edge_graph(shard.neighbors, self.index_.distances[shard.rows], self.graph, spec.seed)
-        trainer = EdgeTrainer(shard, spec, Comm(), graph, push_noise=bool(self.push_noise),
-                              correct_repulsion=bool(self.correct_repulsion),
-                              loss_log_every=int(self.loss_log_every), loss_log_pairs=int(self.loss_log_pairs))
+        graph = edge_graph(shard.neighbors, self.index_.distances[shard.rows], options.graph, spec.seed)
+        trainer = EdgeTrainer(shard, spec, Comm(), graph, push_noise=bool(options.push_noise),
+                              correct_repulsion=bool(options.correct_repulsion),
+                              loss_log_every=int(options.loss_log_every),
+                              loss_log_pairs=int(options.loss_log_pairs))
         Y = trainer.train()
         self.loss_log_ = trainer.loss_log
         return Y
@@ -565,7 +540,7 @@ class ContrastiveEmbedding(EmbeddingMethod, BaseEstimator):
         positions (openTSNE's ``transform``): each new point's k nearest neighbours among the
         training points (exact search), its start at the median of their positions, then
         ``n_epochs`` of the fitted loss with the new points as heads against the fixed
-        training embedding (:func:`nomad.transform.place`)."""
+        training embedding (:func:`nomad.transform.place`), with the fitted options."""
         from .parametric import embed
         from .transform import place, query_knn
 
@@ -575,62 +550,66 @@ class ContrastiveEmbedding(EmbeddingMethod, BaseEstimator):
             raise InputError(f"X has {np.shape(X)[1]} columns but the model was fitted on "
                              f"{self._fit_X.shape[1]}: give points of the training data's space")
         _check_number("n_epochs", n_epochs, minimum=0, integer=True)
+        index, schedule = self.options_.index, self.options_.schedule
         with self._phase("transform"):
             if self.encoder_ is not None:
                 return embed(self.encoder_, X)
-            nbrs, _ = query_knn(self._fit_X, X, int(self.n_neighbors), self.metric, verbose=self.verbose)
-            step = self.learning_rate_ * (1.0 / self.batch_size_ if self.aggregation == "mean" else 1.0)
-            return place(self.embedding_, nbrs, p_ji(int(self.n_neighbors), self.p_model), self.loss_,
-                         n_noise=float(self.n_noise), noise_samples=self.noise_samples_,
-                         n_epochs=int(n_epochs), step=step, momentum=float(self.momentum),
-                         clip_grad=self.clip_grad, seed=self.random_state_, verbose=self.verbose)
+            k = int(index.n_neighbors)
+            nbrs, _ = query_knn(self._fit_X, X, k, index.metric, verbose=self.verbose)
+            step = self.learning_rate_ * (1.0 / self.batch_size_ if schedule.aggregation == "mean" else 1.0)
+            return place(self.embedding_, nbrs, p_ji(k, index.p_model), self.loss_,
+                         n_noise=float(self.options_.noise.n_noise), noise_samples=self.noise_samples_,
+                         n_epochs=int(n_epochs), step=step, momentum=float(schedule.momentum),
+                         clip_grad=schedule.clip_grad, seed=self.random_state_, verbose=self.verbose)
 
     def _check_fitted(self, what: str) -> None:
         if not hasattr(self, "embedding_"):
             raise InputError(f"{type(self).__name__} is not fitted: call fit(X) before {what}")
 
-    def _check_init(self, n: int) -> np.ndarray | None:
+    def _check_init(self, n: int, options: EngineOptions) -> np.ndarray | None:
         """The ``init`` array as float32 (n, 2), or None for ``"pca"``."""
-        if isinstance(self.init, str):
+        init = options.init.init
+        if isinstance(init, str):
             return None
-        Y0 = np.asarray(self.init, dtype=np.float32)
+        Y0 = np.asarray(init, dtype=np.float32)
         if Y0.shape != (n, 2) or not np.isfinite(Y0).all():
             raise InputError(f"init must be 'pca' or a finite (n, 2) array of starting positions; got "
                              f"shape {Y0.shape} for n={n} points")
         return Y0.copy()
 
-    def _train_spec(self, n: int, approximate: str, n_epochs: int, learning_rate: float | None,
+    def _train_spec(self, n: int, options: EngineOptions, n_epochs: int, learning_rate: float | None,
                     exaggerate: bool) -> TrainSpec:
-        """The loop's settings with every "auto" resolved (recorded as ``learning_rate_``,
-        ``batch_size_``, ``noise_samples_``)."""
-        if self.batch_size != "auto":
-            batch = int(self.batch_size)
+        """The loop's settings (the schedule and noise groups, p(j|i) of the index's k) with every
+        "auto" resolved (recorded as ``learning_rate_``, ``batch_size_``, ``noise_samples_``)."""
+        sched, noise, trainer = options.schedule, options.noise, options.trainer
+        if sched.batch_size != "auto":
+            batch = int(sched.batch_size)
         else:  # edges: cne's ICLR-paper batch of 1024 edges
-            batch = 1024 if self.sampling == "edges" else math.ceil(n / 10)
+            batch = 1024 if isinstance(trainer, EdgesOptions) else math.ceil(n / 10)
         batch = min(batch, n)
         if learning_rate is not None:
             lr = float(learning_rate)
-        elif self.learning_rate == "auto" and self.parametric:
+        elif sched.learning_rate == "auto" and isinstance(trainer, ParametricOptions):
             lr = 1e-3  # Adam (cne, Parametric UMAP)
-        elif self.learning_rate == "auto":
-            lr = n / 10 if self.aggregation == "mean" else 1.0
+        elif sched.learning_rate == "auto":
+            lr = n / 10 if sched.aggregation == "mean" else 1.0
         else:
-            lr = float(self.learning_rate)
-        S = min(math.ceil(self.n_noise), 32) if self.noise_samples == "auto" else int(self.noise_samples)
+            lr = float(sched.learning_rate)
+        S = min(math.ceil(noise.n_noise), 32) if noise.noise_samples == "auto" else int(noise.noise_samples)
         seed = self.random_state_ + self.n_epochs_  # a continued run draws fresh samples
         torch.manual_seed(seed)
         return TrainSpec(
-            loss=self.loss_, p=p_ji(int(self.n_neighbors), self.p_model), n_epochs=n_epochs,
-            learning_rate=lr, batch_size=batch, n_noise=float(self.n_noise), noise_samples=S,
-            noise_group=int(self.noise_group),
-            approximate=approximate, mean_refresh=self.mean_refresh, mean_weight=self.mean_weight,
-            noise=self.noise, aggregation=self.aggregation,
-            momentum=float(self.momentum), lr_schedule=self.lr_schedule, lr_decay_start=self.lr_decay_start,
-            early_exaggeration=float(self.early_exaggeration),
-            early_exaggeration_epochs=int(self.early_exaggeration_epochs) if exaggerate else 0,
+            loss=self.loss_, p=p_ji(int(options.index.n_neighbors), options.index.p_model), n_epochs=n_epochs,
+            learning_rate=lr, batch_size=batch, n_noise=float(noise.n_noise), noise_samples=S,
+            noise_group=int(noise.noise_group),
+            approximate=noise.approximate, mean_refresh=noise.mean_refresh, mean_weight=noise.mean_weight,
+            noise=noise.noise, aggregation=sched.aggregation,
+            momentum=float(sched.momentum), lr_schedule=sched.lr_schedule, lr_decay_start=sched.lr_decay_start,
+            early_exaggeration=float(sched.early_exaggeration),
+            early_exaggeration_epochs=int(sched.early_exaggeration_epochs) if exaggerate else 0,
             early_loss=self._early_loss if exaggerate else None,
-            spectrum_exaggeration_epochs=int(self.spectrum_exaggeration_epochs) if exaggerate else 0,
-            late_exaggeration=float(self.late_exaggeration),
-            late_exaggeration_time=float(self.late_exaggeration_time),
-            clip_grad=self.clip_grad, seed=seed, first_epoch=self.n_epochs_,
+            spectrum_exaggeration_epochs=int(sched.spectrum_exaggeration_epochs) if exaggerate else 0,
+            late_exaggeration=float(sched.late_exaggeration),
+            late_exaggeration_time=float(sched.late_exaggeration_time),
+            clip_grad=sched.clip_grad, seed=seed, first_epoch=self.n_epochs_,
             device="cpu", verbose=self.verbose)

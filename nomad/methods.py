@@ -74,11 +74,13 @@ class NCVis(ContrastiveEmbedding):
 
 
 class UMAPLossMethod(ContrastiveEmbedding):
-    """UMAP's loss and kernel (a, b from ``min_dist``) on this engine."""
+    """UMAP's loss and kernel (a, b fitted from ``min_dist`` and ``spread`` as umap-learn does)
+    on this engine, with umap-learn's gradient clipping at 4 and, under ``sampling="edges"``,
+    its negatives that do not move (``push_noise=False``)."""
 
     def __init__(self, min_dist: float = 0.1, spread: float = 1.0, p_model: str = "uniform",
-                 clip_grad: float | None = 4.0, **kwargs):
-        super().__init__(p_model=p_model, clip_grad=clip_grad, **kwargs)
+                 clip_grad: float | None = 4.0, push_noise: bool = False, **kwargs):
+        super().__init__(p_model=p_model, clip_grad=clip_grad, push_noise=push_noise, **kwargs)
         self.min_dist = min_dist
         self.spread = spread
 

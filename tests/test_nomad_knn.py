@@ -78,11 +78,11 @@ def test_build_index_takes_the_ivf_graph_and_keeps_the_cells(blobs):
 
 
 def test_engine_uses_ivf_on_one_device_at_every_size_and_cells_on_several():
-    assert NOMAD()._knn(10_000_000) == "faiss_ivf"
-    assert (NOMAD()._n_probe(10_000_000), NOMAD(devices=2)._n_probe(10_000)) == (3, 1)
-    assert NOMAD(devices=2)._knn(10_000) == "cells"
-    assert NOMAD(knn="cells")._knn(10_000) == "cells"
+    one, two = NOMAD().options().index, NOMAD(devices=2).options().index
+    assert (one.knn, one.n_probe) == ("faiss_ivf", 3)
+    assert (two.knn, two.n_probe) == ("cells", 1)
+    assert NOMAD(knn="cells").options().index.knn == "cells"
     with pytest.raises(InputError, match="knn=cells"):
-        NOMAD(devices=2, knn="faiss_ivf")._check_params()
+        NOMAD(devices=2, knn="faiss_ivf").options()
     with pytest.raises(InputError, match="method.knn"):
-        NOMAD(knn="hnsw")._check_params()
+        NOMAD(knn="hnsw").options()
