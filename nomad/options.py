@@ -238,10 +238,9 @@ class ParametricOptions:
     implies: ClassVar[dict[str, Any]] = {"push_noise": True}  # the encoder moves noise points too
 
     def __post_init__(self) -> None:
-        if not self.hidden or not all(isinstance(w, (int, np.integer)) and not isinstance(w, bool) and w >= 1
-                                      for w in self.hidden):
+        if not all(isinstance(w, (int, np.integer)) and not isinstance(w, bool) and w >= 1 for w in self.hidden):
             raise InputError(f"method.hidden={list(self.hidden)!r} is invalid: give the encoder's layer "
-                             "widths, integers >= 1 (e.g. [100, 100, 100])")
+                             "widths, integers >= 1 (e.g. [100, 100, 100]; [] for a linear map)")
 
 
 TrainerOptions = HeadsOptions | EdgesOptions | ParametricOptions
@@ -321,6 +320,9 @@ def resolve(params: dict[str, Any], defaults: dict[str, Any], *, method: str, mu
         trainer_cls = EdgesOptions if p["sampling"] == "edges" else HeadsOptions
     _refuse_foreign_options(p, defaults, trainer_cls, default_approximate)
     if trainer_cls is ParametricOptions:
+        if isinstance(p["hidden"], str) or not isinstance(p["hidden"], Sequence):
+            raise InputError(f"method.hidden={p['hidden']!r} is invalid: give the encoder's layer widths as "
+                             "a list, e.g. [100, 100, 100]")
         trainer = ParametricOptions(tuple(p["hidden"]))
     else:
         trainer = trainer_cls(**{name: p[name] for name in group_fields(trainer_cls)})

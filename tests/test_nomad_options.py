@@ -170,3 +170,26 @@ def test_overrides_reach_the_constructor_without_a_plus():
                     "trainer.accelerator=cpu"])
     options = prepare(cfg).method.options()
     assert (options.schedule.n_epochs, options.index.knn, type(options.trainer)) == (50, "cells", EdgesOptions)
+
+
+EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("[!_]*.yaml"))
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiments_engine_methods_resolve_their_options(experiment):
+    """The figures' engine-method settings, with each of a figure's modes, are valid combinations
+    (no option the trainer would ignore): the configs never rely on one being dropped silently."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=[f"+experiment={experiment}"], return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    methods = cfg.get("methods")
+    modes = cfg.figure.get("modes") if "figure" in cfg else None
+    modes = OmegaConf.to_container(modes) if modes is not None else {"": {}}
+    for node in (methods.values() if OmegaConf.is_dict(methods) else []):
+        params = OmegaConf.to_container(node, resolve=True)
+        cls = ENGINE.get(params.pop("name", None))
+        if cls is None:
+            continue
+        params.pop("_target_")
+        for mode in modes.values():
+            cls(**{**params, **(mode or {})}).options()
