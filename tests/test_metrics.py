@@ -71,20 +71,35 @@ def test_np_hand_computed(n_eval):
     assert result[2] == pytest.approx((0.8, 1.96 * np.sqrt(0.06) / np.sqrt(5)))
 
 
-def test_knn_is_exact_far_from_the_origin():
+SEARCHES = ["brute", "kdtree"]  # exact_knn's candidate passes; "auto" takes the k-d tree in <= 3-D
+
+
+@pytest.mark.parametrize("search", SEARCHES)
+def test_knn_is_exact_far_from_the_origin(search):
     # at an offset of 1e4, ||x||^2 ~ 3e8 has a float32 spacing of 32, more than the squared
     # distances between these points: the float32 pass only ranks them right after centring
     X = 1e4 + np.random.default_rng(0).normal(size=(400, 3))
     idx = np.arange(0, 400, 9)
-    assert np.array_equal(exact_knn(X, idx, 5, chunk_size=64), brute_knn(X, idx, 5))
+    found = exact_knn(X, idx, 5, chunk_size=64, search=search)
+    assert np.array_equal(found, brute_knn(X, idx, 5))
     far = neighborhood_preservation(X_LINE + 1e4, Y_SWAP - 1e4, ks=(1, 2), n_eval=None)
     assert far == neighborhood_preservation(X_LINE, Y_SWAP, ks=(1, 2), n_eval=None)
 
 
-def test_knn_excludes_self_by_index_with_duplicates():
+@pytest.mark.parametrize("search", SEARCHES)
+def test_knn_excludes_self_by_index_with_duplicates(search):
     # p0, p1, p2 coincide; a "drop column 0" rule could keep the query itself as a neighbour
     X = on_line(0, 0, 0, 10, 20, 30)
-    assert exact_knn(X, np.array([0, 1, 2]), 2).tolist() == [[1, 2], [0, 2], [0, 1]]
+    found = exact_knn(X, np.array([0, 1, 2]), 2, search=search)
+    assert found.tolist() == [[1, 2], [0, 2], [0, 1]]
+    # 40 copies of one point, more than the 22 candidates kept: which copies is arbitrary
+    # (module docstring), but never the query itself
+    crowd = np.zeros((60, 2))
+    crowd[40:] = np.arange(1, 21)[:, None]
+    idx = np.array([0, 17, 39, 45])
+    found = exact_knn(crowd, idx, 3, search=search)
+    assert (found[:3] < 40).all() and (found != idx[:, None]).all()
+    assert found[3].tolist() == brute_knn(crowd, idx, 3)[3].tolist() == [44, 46, 43]
     assert neighborhood_preservation(X, X.copy(), ks=(1, 2), n_eval=None)[2] == (1.0, 0.0)
 
 
@@ -97,7 +112,9 @@ def test_np_identity_is_exactly_one_with_ties():
     result = neighborhood_preservation(grid, grid.astype(np.float32), ks=(3, 6, 10), chunk_size=37)
     assert result == {3: (1.0, 0.0), 6: (1.0, 0.0), 10: (1.0, 0.0)}
     idx = np.arange(0, 400, 7)
-    assert np.array_equal(exact_knn(grid, idx, 10, chunk_size=37), brute_knn(grid, idx, 10))
+    for search in SEARCHES:
+        found = exact_knn(grid, idx, 10, chunk_size=37, search=search)
+        assert np.array_equal(found, brute_knn(grid, idx, 10))
 
 
 def test_identity_embedding_scores_one():
@@ -327,6 +344,7 @@ X_NAN[7, 0] = np.inf
         (lambda: random_triplet_accuracy(X_NAN, Y_OK), "X contains NaN or inf"),
         (lambda: random_triplet_accuracy(X_OK[:2], Y_OK[:2]), "at least 3 points"),
         (lambda: knn_accuracy(Y_OK, np.zeros((30, 2)), None), "y must be a 1-D array"),
+        (lambda: exact_knn(X_OK, np.arange(3), 2, search="ball"), "search must be auto"),
     ],
 )
 def test_bad_input_raises_input_error(call, message):
