@@ -138,7 +138,7 @@ def run_benchmark(cfg: DictConfig) -> Report:
     X = _project(data.X, pca_dims, cfg.seed)
     check_data(X, min_points=max((e.plan.min_points for e in entries if e.plan), default=2))
 
-    load_before = _load_average()
+    load_before = load_average()
     scratch = Path(cfg.scratch_dir)
     scratch.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -158,9 +158,9 @@ def run_benchmark(cfg: DictConfig) -> Report:
         f"- command: `{command()}`",
         f"- hardware: {hardware()}",
         f"- code: nebench {code_version()}, {timestamp()}",
-        f"- times: wall seconds of fit_transform, one fresh process per method ({knn}); "
-        f"load average {load_before} before, {_load_average()} after (2 cores: above 2, other jobs "
-        "shared the CPU)",
+        (f"- times: wall seconds of fit_transform, one fresh process per method ({knn}); "
+        f"load average {load_before} before, {load_average()} after (2 cores: above 2, other jobs "
+        "shared the CPU)"),
     ]
     table = _table(rows)
     table.insert(0, "n", n)
@@ -168,7 +168,7 @@ def run_benchmark(cfg: DictConfig) -> Report:
     return Report(header=header, table=table)
 
 
-def _load_average() -> str:
+def load_average() -> str:
     """The 1-minute load average (how busy the machine was), or "unknown"."""
     try:
         return f"{os.getloadavg()[0]:.1f}"

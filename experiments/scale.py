@@ -14,7 +14,7 @@ the (dataset, n, method) rows already there: the 1M openTSNE and UMAP fits take 
 here and can be run in the background and picked up again.
 
 From the table it writes the markdown table (``output``; each row's time also as a ratio to
-openTSNE's at the same n) and a figure (``figure``): wall time against n, log-log, each method's
+openTSNE's at the same n, and the load average around it) and a figure (``figure``): wall time against n, log-log, each method's
 total and NOMAD's phases (kNN/index, optimisation) and the metrics' time; NP@10, RTA and kNN
 accuracy against n.
 """
@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 KEY = ["dataset", "n", "method"]  # one measured row per key
 CODE = "code"  # nebench's version when the row was measured
+LOAD = "load"  # the 1-minute load average before / after the row (2 cores: above 2, others ran)
 
 
 def run_scale(cfg: DictConfig) -> pd.DataFrame:
@@ -54,8 +55,10 @@ def run_scale(cfg: DictConfig) -> pd.DataFrame:
             run_cfg = cfg.copy()
             run_cfg.methods = [method]
             run_cfg.dataset.n = n
+            load_before = bench.load_average()
             rows = bench.run_benchmark(run_cfg).table
             rows[CODE] = code_version()
+            rows[LOAD] = f"{load_before} / {bench.load_average()}"
             table = pd.concat([table, rows], ignore_index=True)
             save_table(table, cfg.table)
     return table
@@ -89,7 +92,7 @@ def markdown(table: pd.DataFrame, header: list[str]) -> str:
     reference = shown[shown["method"] == bench.REFERENCE].set_index("n")[bench.TOTAL]
     shown[bench.RATIO] = shown[bench.TOTAL] / shown["n"].map(reference)
     columns = ["n", "method", bench.KNN_INDEX, bench.KNN, bench.OPTIMISATION, bench.TOTAL,
-               bench.RSS, bench.METRICS, "NP@10", bench.RTA, bench.KNN_ACC, bench.RATIO, bench.NOTE]  # fmt: skip
+               bench.RSS, bench.METRICS, "NP@10", bench.RTA, bench.KNN_ACC, bench.RATIO, LOAD, bench.NOTE]  # fmt: skip
     shown = shown.reindex(columns=columns)
     shown["n"] = [f"{int(n):,}" for n in shown["n"]]
     for column, fmt in {**bench.FORMATS, "NP@10": bench.FORMATS[bench.RTA]}.items():
@@ -159,8 +162,8 @@ def main(cfg: DictConfig) -> None:
         "",
         f"- command: `{bench.command('experiments.scale', 'scale')}`",
         f"- hardware: {bench.hardware()}",
-        f"- rows measured by code {', '.join(sorted(set(map(str, table[CODE]))))}; "
-        "each method in a fresh process, warm-up untimed, one seed",
+        (f"- rows measured by code {', '.join(sorted(set(map(str, table[CODE]))))}; "
+        "each method in a fresh process, warm-up untimed, one seed"),
     ]
     text = markdown(table, header)
     with atomic_open(cfg.output, "w") as f:

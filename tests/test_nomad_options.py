@@ -9,6 +9,7 @@ import pickle
 
 import numpy as np
 import pytest
+from conftest import CONF
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
@@ -33,8 +34,6 @@ from nomad.options import (
     ScheduleOptions,
     group_fields,
 )
-
-from conftest import CONF
 
 ENGINE = {"nomad": NOMAD, "infonc_tsne": InfoNCTSNE, "neg_tsne": NegTSNE, "ncvis": NCVis, "umap_loss": UMAPLoss}
 GROUPS = (IndexOptions, NoiseOptions, ScheduleOptions, InitOptions, DeviceOptions, *TRAINERS)

@@ -31,6 +31,7 @@ def test_rows_per_size_and_method_resume_and_plot(tmp_path: Path) -> None:
     rows = pd.read_csv(tmp_path / "t.csv")
     assert sorted(rows["n"]) == [300, 600] and set(rows["method"]) == {"pca"}
     assert (rows[bench.TOTAL] > 0).all() and rows["NP@10"].between(0, 1).all()
+    assert rows["load"].str.fullmatch(r"[\d.]+ / [\d.]+").all()  # load average before / after
 
     again = scale(tmp_path, "ns=[300]", "methods=[pca,nomad]", "+method_overrides.nomad.n_epochs=5")
     assert again.returncode == 0, again.stderr[-3000:]
