@@ -280,7 +280,7 @@ def build_index(
     gen = torch.Generator().manual_seed(seed)
     if n_cells > 1:
         fit_rows = np.sort(torch.randperm(n, generator=gen)[:fit_size].numpy()) if n > fit_size else None
-        Xfit = torch.as_tensor(np.asarray(X if fit_rows is None else X[fit_rows], dtype=np.float32))
+        Xfit = torch.from_numpy(np.array(X if fit_rows is None else X[fit_rows], dtype=np.float32))
         if verbose:
             log.info("k-means: %d cells from %d points", n_cells, len(Xfit))
         C, iters, converged = kmeans(Xfit, n_cells, max_iter=max_iter, tol=tol, gen=gen)
