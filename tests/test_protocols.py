@@ -154,7 +154,7 @@ def task(overrides: list[str]):
 
 
 ICLR = {  # ALGORITHMS.md 1.6 (and 1.1-1.3 for cne's defaults the scripts keep)
-    "n_neighbors": 15, "p_model": "uniform", "graph": "binary", "batch_size": 1024, "n_noise": 5,
+    "n_neighbors": 15, "p_model": "uniform", "graph": "binary", "n_noise": 5,
     "aggregation": "sum", "momentum": 0.0, "lr_schedule": "linear",
     "init": "pca", "init_scale": 1.0, "n_epochs": 750, "clip_grad": 4.0, "noise": "batch_neighbors",
     "push_noise": True, "early_exaggeration": 1.0, "early_exaggeration_epochs": 0,
@@ -172,6 +172,8 @@ def test_damrich_iclr_sets_the_papers_protocol_on_every_engine_method(name, para
     for key, value in ICLR.items():
         assert params[key] == value, (key, params[key])
     assert params["sampling"] == ("heads" if parametric else "edges")  # edges: free positions only
+    # 1,024 edges a batch; as heads of k = 15 positives, 68 of them hold as many pairs
+    assert params["batch_size"] == (68 if parametric else 1024)
     assert params["spectrum_exaggeration_epochs"] == (250 if name in WITH_SPECTRUM else 0)
     assert params["parametric"] is parametric
     # SGD at 1.0 with sum aggregation ("auto"), but 0.5 for InfoNC-t-SNE, whose loss cne halves;
@@ -182,7 +184,7 @@ def test_damrich_iclr_sets_the_papers_protocol_on_every_engine_method(name, para
         return
     spec = resolved_spec(plan.method, n=2000)
     assert spec.learning_rate == (1e-3 if parametric else 0.5 if halved else 1.0)
-    assert spec.batch_size == 1024
+    assert spec.batch_size == (68 if parametric else 1024)
 
 
 def test_nomad_refuses_the_protocol_for_free_positions(digits):
