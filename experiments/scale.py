@@ -15,7 +15,7 @@ here and can be run in the background and picked up again.
 
 From the table it writes the markdown table (``output``; each row's time also as a ratio to
 openTSNE's at the same n, and the load average around it) and a figure (``figure``): wall time against n, log-log, each method's
-total and NOMAD's phases (kNN/index, optimisation) and the metrics' time; NP@10, RTA and kNN
+total and NOMAD's phases (kNN/index, optimisation) and the time of the metrics of its map; NP@10, RTA and kNN
 accuracy against n.
 """
 
@@ -115,13 +115,10 @@ def plot(table: pd.DataFrame, path: str | Path, title: str) -> None:
         color = f"C{i}"
         axes[0].plot(rows["n"], rows[bench.TOTAL], "o-", color=color, label=f"{method} total")
         if method == "nomad":
-            for column, style in ((bench.KNN, "s--"), (bench.OPTIMISATION, "^:")):
+            for column, style in ((bench.KNN, "s--"), (bench.OPTIMISATION, "^:"), (bench.METRICS, "x-.")):
                 axes[0].plot(rows["n"], rows[column], style, color=color, label=f"nomad {column}")
         for ax, column in zip(axes[1:], ("NP@10", bench.RTA, bench.KNN_ACC)):
             ax.plot(rows["n"], rows[column], "o-", color=color, label=method)
-    metrics_time = measured.groupby("n")[bench.METRICS].max()
-    axes[0].plot(metrics_time.index, metrics_time.values, "x-.", color="gray",
-                 label="metrics (slowest row)")  # fmt: skip
     axes[0].set(xscale="log", yscale="log", xlabel="n", ylabel="wall time (s)", title=title)
     for ax, column in zip(axes[1:], ("NP@10", bench.RTA, bench.KNN_ACC)):
         ax.set(xscale="log", xlabel="n", ylabel=column)
