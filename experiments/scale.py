@@ -14,9 +14,9 @@ the (dataset, n, method) rows already there: the 1M openTSNE and UMAP fits take 
 here and can be run in the background and picked up again.
 
 From the table it writes the markdown table (``output``; each row's time also as a ratio to
-openTSNE's at the same n, and the load average around it) and a figure (``figure``): wall time against n, log-log, each method's
-total and NOMAD's phases (kNN/index, optimisation) and the time of the metrics of its map; NP@10, RTA and kNN
-accuracy against n.
+openTSNE's at the same n, and the load average around it) and a figure (``figure``): wall time
+against n, log-log, each method's total and NOMAD's phases (kNN/index, optimisation) and the time
+of the metrics of its map; NP@10, RTA and kNN accuracy against n.
 """
 
 from __future__ import annotations
@@ -92,7 +92,8 @@ def markdown(table: pd.DataFrame, header: list[str]) -> str:
     reference = shown[shown["method"] == bench.REFERENCE].set_index("n")[bench.TOTAL]
     shown[bench.RATIO] = shown[bench.TOTAL] / shown["n"].map(reference)
     columns = ["n", "method", bench.KNN_INDEX, bench.KNN, bench.OPTIMISATION, bench.TOTAL,
-               bench.RSS, bench.METRICS, "NP@10", bench.RTA, bench.KNN_ACC, bench.RATIO, LOAD, bench.NOTE]  # fmt: skip
+               bench.RSS, bench.METRICS, "NP@10", bench.RTA, bench.KNN_ACC, bench.RATIO, LOAD,
+               bench.NOTE]  # fmt: skip
     shown = shown.reindex(columns=columns)
     shown["n"] = [f"{int(n):,}" for n in shown["n"]]
     for column, fmt in {**bench.FORMATS, "NP@10": bench.FORMATS[bench.RTA]}.items():
@@ -115,7 +116,8 @@ def plot(table: pd.DataFrame, path: str | Path, title: str) -> None:
         color = f"C{i}"
         axes[0].plot(rows["n"], rows[bench.TOTAL], "o-", color=color, label=f"{method} total")
         if method == "nomad":
-            for column, style in ((bench.KNN, "s--"), (bench.OPTIMISATION, "^:"), (bench.METRICS, "x-.")):
+            phases = ((bench.KNN, "s--"), (bench.OPTIMISATION, "^:"), (bench.METRICS, "x-."))
+            for column, style in phases:
                 axes[0].plot(rows["n"], rows[column], style, color=color, label=f"nomad {column}")
         for ax, column in zip(axes[1:], ("NP@10", bench.RTA, bench.KNN_ACC)):
             ax.plot(rows["n"], rows[column], "o-", color=color, label=method)

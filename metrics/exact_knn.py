@@ -5,11 +5,12 @@ to ``KDTREE_MAX_DIMS`` dimensions (an embedding) the candidates come from a
 ``scipy.spatial.cKDTree`` (exact, float64, and in 2-D about a hundred times faster than brute force
 at 1M points); otherwise from the brute-force pass below.
 
-Brute force. The reference side is read once, in blocks of ``chunk_size`` rows (np.memmap and float16 stay on
-disk / in their dtype until a block is cast to float32); queries are processed in chunks of
-``chunk_size`` against each block, so the largest distance matrix is ``chunk_size x chunk_size``
-float32, and a running top-``m`` per query is merged block by block (``torch.topk``), for the
-queries that have a row in the block nearer than their current m-th candidate only. Memory is
+Brute force. The reference side is read once, in blocks of ``chunk_size`` rows (np.memmap and
+float16 stay on disk / in their dtype until a block is cast to float32); queries are processed in
+chunks of ``chunk_size`` against each block, so the largest distance matrix is
+``chunk_size x chunk_size`` float32, and a running top-``m`` per query is merged block by block
+(``torch.topk``), for the queries that have a row in the block nearer than their current m-th
+candidate only. Memory is
 O(n_queries * (D + m) + chunk_size * (chunk_size + D)), never O(n^2).
 
 Exactness. The float32 pass ranks by ``||r||^2 - 2 q.r`` (``||q||^2`` is constant per query row, so
@@ -73,7 +74,9 @@ def exact_knn(
     return _exact_rerank(data, query_idx, candidates, k)
 
 
-def _kdtree_candidates(data: np.ndarray, query_idx: np.ndarray, n_cand: int, name: str) -> np.ndarray:
+def _kdtree_candidates(
+    data: np.ndarray, query_idx: np.ndarray, n_cand: int, name: str
+) -> np.ndarray:
     """The n_cand nearest rows of each query by a k-d tree (float64), itself excluded by index."""
     points = np.asarray(data, dtype=np.float64)
     check_finite(points, name)
