@@ -10,10 +10,12 @@ input, builds the method with ``prepare``, runs the runner's untimed warm-up fit
 (:func:`nebench.runner.warm_up`: numba's one-off compilation, in umap-learn and in our kernels
 alike, is reported in its own column and kept out of every total) and times ``fit_transform`` as
 the runner does (from the array to the 2-D embedding, kNN included, metrics excluded;
-nomad-projection sec. 4.1), so that the peak RSS is the method's own. The parent scores every embedding with :func:`metrics.evaluate`
-(same seed for all) and reports per method: the kNN search it used and its time, optimisation time (``init`` + ``fit``
-phases), total time, peak RSS, NP@k, RTA, kNN accuracy and the total time as a ratio to
-openTSNE's from the same run, under a header naming the hardware and the command. A method whose
+nomad-projection sec. 4.1), so that the peak RSS is the method's own. The parent scores every
+embedding with :func:`metrics.evaluate` (same seed for all) and reports per method: the kNN
+search it used and its time, optimisation time (``init`` + ``fit`` phases), total time, peak RSS,
+NP@k, RTA, kNN accuracy, the map's scale (median pairwise distance of 5,000 points) and the
+total time as a ratio to openTSNE's from the same run, under a header naming the hardware and
+the command. A method whose
 import fails (an optional peer not installed) is skipped with a note; one that raises is
 reported as failed in its row and the benchmark goes on.
 
@@ -77,10 +79,12 @@ SETTING = "setting"  # defaults, defaults = paper, or protocol <name>
 #: ``protocols`` value of a method whose defaults are its paper's protocol (no second row)
 PAPER_DEFAULTS = "defaults"
 RTA, KNN_ACC, RATIO, NOTE = "RTA", "kNN acc", f"time / {REFERENCE}", "note"
+SCALE = "scale"  # the map's median pairwise distance (over SCALE_POINTS points): its size
+SCALE_POINTS = 5_000
 #: display format of the numeric columns (NP@k columns use the RTA format)
 FORMATS = {KNN: "{:.2f}", OPTIMISATION: "{:.2f}", TOTAL: "{:.2f}", RSS: "{:.2f}", WARMUP: "{:.1f}",
            METRICS: "{:.1f}",
-           RTA: "{:.3f}", KNN_ACC: "{:.3f}", RATIO: "{:.2f}"}  # fmt: skip
+           RTA: "{:.3f}", KNN_ACC: "{:.3f}", SCALE: "{:.3g}", RATIO: "{:.2f}"}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -402,6 +406,8 @@ def _row(
         log.error("%s failed", entry.name, exc_info=exc)
         first_line = str(exc).splitlines()[0] if str(exc) else ""
         return {**row, NOTE: f"failed: {type(exc).__name__}: {first_line}"}
+    from experiments.figures._common import pair_statistics  # it imports this module
+
     phases = measured["timings"]
     optimisation = [phases[p] for p in OPTIMISATION_PHASES if p in phases]
     return {
@@ -416,6 +422,7 @@ def _row(
         **{key.upper(): v for key, v in scores.items() if key.startswith("np@") and "_" not in key},
         RTA: scores["rta"],
         KNN_ACC: scores.get("knn_acc", np.nan),
+        SCALE: pair_statistics(Y, SCALE_POINTS, seed)[1],
     }
 
 

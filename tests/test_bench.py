@@ -95,9 +95,9 @@ def test_one_row_per_method_in_the_order_asked(report: bench.Report) -> None:
 def test_methods_that_ran_have_finite_measurements(report: bench.Report, method: str) -> None:
     measured = row(report.table, method)
     numbers = [bench.OPTIMISATION, bench.TOTAL, bench.RSS, "NP@10", "NP@15", bench.RTA]
-    values = measured[[*numbers, bench.KNN_ACC, bench.RATIO]].astype(float)
+    values = measured[[*numbers, bench.KNN_ACC, bench.SCALE, bench.RATIO]].astype(float)
     assert np.isfinite(values).all(), measured.to_dict()
-    assert measured[bench.TOTAL] > 0 and measured[bench.RSS] > 0.01
+    assert measured[bench.TOTAL] > 0 and measured[bench.RSS] > 0.01 and measured[bench.SCALE] > 0
     assert 0 <= measured["NP@10"] <= measured["NP@15"] <= 1
     assert measured[bench.NOTE] == "" and measured["device"] == "cpu"
 

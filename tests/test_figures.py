@@ -21,7 +21,7 @@ from scipy.spatial.distance import pdist
 
 from experiments.figures import loss_curves, nomad_fig3, nomad_table1, ring, spectrum
 from experiments.figures.__main__ import make_figure
-from experiments.figures._common import pair_statistics
+from experiments.figures._common import method_plan, pair_statistics
 from nebench.errors import InputError
 from nebench.results import read_results
 from nebench.runner import prepare
@@ -85,6 +85,22 @@ def test_full_figures_use_the_papers_data_and_budgets(tmp_path) -> None:
     with figure_config(["experiment=nomad_fig3"], tmp_path) as cfg:
         assert list(cfg.figure.series) == SERIES
         assert list(cfg.figure.datasets) == ["mnist", "arxiv_minilm"]
+
+
+def test_a_protocol_reaches_the_figures_engine_methods_only(tmp_path) -> None:
+    """protocol=damrich_iclr sets the listed engine methods to the paper's protocol (issue 14
+    item 2), below the figure's own variable and above nothing else; t-SNE keeps openTSNE's."""
+    overrides = ["experiment=damrich_fig1", "protocol=damrich_iclr", "method.n_epochs=90"]
+    with figure_config(overrides, tmp_path) as cfg:
+        neg = method_plan(cfg, "neg_tsne", s=0.0, z_bar=None).method
+        infonc = method_plan(cfg, "infonc_tsne").method
+        tsne = method_plan(cfg, "tsne").method
+    assert (neg.s, neg.sampling, neg.batch_size, neg.n_neighbors, neg.n_noise) == (0.0, "edges", 1024, 15, 5)
+    assert (neg.n_epochs, neg.spectrum_exaggeration_epochs, neg.aggregation) == (90, 250, "sum")
+    assert (infonc.learning_rate, infonc.n_epochs) == (0.5, 90)  # cne's temperature factor
+    assert not hasattr(tsne, "sampling")
+    with figure_config(["experiment=damrich_fig1"], tmp_path) as cfg:
+        assert method_plan(cfg, "neg_tsne").method.batch_size != 1024
 
 
 @pytest.mark.parametrize("series", SERIES)

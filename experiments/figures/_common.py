@@ -46,22 +46,26 @@ class Fit:
 
 def method_plan(cfg: DictConfig, key: str, **params: Any) -> Plan:
     """The method configured at ``methods.<key>`` with ``params`` set, checked and built by
-    :func:`nebench.runner.prepare` (seed, trainer and metrics from the figure config)."""
+    :func:`nebench.runner.prepare` (seed, trainer and metrics from the figure config).
+
+    Under a protocol (``protocol=<name>``: ``conf/protocol/<name>.yaml`` puts its values at
+    ``method`` and its tables at ``protocol``), the methods listed in
+    ``figure.protocol_methods`` take the protocol's values over their own, as ``run.py`` does;
+    ``params`` (the figure's own variable, e.g. Neg-t-SNE's s) still come last."""
     methods = cfg.get("methods") or {}
     if key not in methods:
         raise InputError(
             f"the figure needs a method at methods.{key}; add `- /method@methods.{key}: <name>` "
             "to the defaults of its conf/experiment/ file."
         )
-    run_cfg = OmegaConf.create(
-        {
-            "seed": cfg.seed,
-            "trainer": cfg.trainer,
-            "metrics": cfg.metrics,
-            "paths": cfg.paths,
-            "method": OmegaConf.merge(cfg.methods[key], params),
-        }
-    )
+    layers = [cfg.methods[key]]
+    run = {"seed": cfg.seed, "trainer": cfg.trainer, "metrics": cfg.metrics, "paths": cfg.paths}
+    protocol = cfg.get("protocol")
+    if protocol is not None and key in (cfg.figure.get("protocol_methods") or ()):
+        # unresolved: the protocol's values look up method.name and its tables in the run config
+        layers.append(OmegaConf.to_container(cfg.method, resolve=False))
+        run["protocol"] = OmegaConf.to_container(protocol, resolve=False)
+    run_cfg = OmegaConf.create({**run, "method": OmegaConf.merge(*layers, params)})
     return prepare(run_cfg)
 
 

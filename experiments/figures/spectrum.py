@@ -12,9 +12,12 @@ t-SNE and has no Z-bar.
 
 Figure: one panel per embedding coloured by label, and panel (i): Z of each embedding against
 Z-bar (log-log) with the diagonal Z = Z-bar. Table: per embedding Z-bar, Z, scale (median
-pairwise distance), NP@k to the data, the fraction of shared k-NN with t-SNE's and with UMAP's
-embedding (NP@k between two 2-D embeddings), and the wall time. The paper starts every
-Neg-t-SNE run from the s = 1 layout; the engine starts from PCA.
+pairwise distance), NP@k to the data, kNN accuracy (``metrics.knn_accuracy``, the dataset's
+test split), the fraction of shared k-NN with t-SNE's and with UMAP's embedding (NP@k between
+two 2-D embeddings), and the wall time. ``protocol=<name>`` runs the methods of
+``figure.protocol_methods`` at that protocol (``_common.method_plan``). The paper starts every
+Neg-t-SNE run from the s = 1 layout; the engine starts from PCA (its protocol's EE, 250 epochs at
+s = 1 first, stands in for that start).
 """
 
 from __future__ import annotations
@@ -39,8 +42,8 @@ from experiments.figures._common import (
     scatter,
     write_markdown,
 )
-from metrics import neighborhood_preservation
-from nebench.datasets import check_data, load_dataset
+from metrics import knn_accuracy, neighborhood_preservation
+from nebench.datasets import Dataset, check_data, load_dataset
 from nebench.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -48,10 +51,11 @@ log = logging.getLogger(__name__)
 #: reference methods: key in ``methods`` -> panel name
 REFERENCES = {"tsne": "t-SNE", "infonc_tsne": "InfoNC-t-SNE", "ncvis": "NCVis", "umap": "UMAP"}
 SPECTRUM = "neg_tsne"
-COLUMNS = ["embedding", "method", "s", "Z-bar", "Z", "scale", "NP@k", "NP@k to t-SNE",
+COLUMNS = ["embedding", "method", "s", "Z-bar", "Z", "scale", "NP@k", "kNN acc", "NP@k to t-SNE",
            "NP@k to UMAP", "time (s)"]  # fmt: skip
 FORMATS = {"s": "{:g}", "Z-bar": "{:.3g}", "Z": "{:.3g}", "scale": "{:.3g}", "NP@k": "{:.3f}",
-           "NP@k to t-SNE": "{:.3f}", "NP@k to UMAP": "{:.3f}", "time (s)": "{:.1f}"}  # fmt: skip
+           "kNN acc": "{:.3f}", "NP@k to t-SNE": "{:.3f}", "NP@k to UMAP": "{:.3f}",
+           "time (s)": "{:.1f}"}  # fmt: skip
 
 
 def make(cfg: DictConfig) -> pd.DataFrame:
@@ -70,17 +74,20 @@ def make(cfg: DictConfig) -> pd.DataFrame:
     fits = {name: fit(plan, data.X) for name, plan in plans.items()}
 
     n, n_eval = len(data.X), cfg.metrics.n_eval
-    table = spectrum_table(data.X, fits, s_values, spec.pair_sample, k, n_eval, cfg.seed)
+    table = spectrum_table(data, fits, s_values, spec.pair_sample, k, n_eval, cfg.seed)
     pairs = (
         "all pairs" if n <= spec.pair_sample else f"a seeded sample of {spec.pair_sample:,} points"
     )
     evaluated = n if n_eval is None else min(n, n_eval)
+    protocol = (cfg.get("protocol") or {}).get("name")
+    setting = f", {', '.join(spec.protocol_methods)} at protocol {protocol}" if protocol else ""
     out = Path(cfg.out_dir)
-    _plot(fits, table, data.y, f"{spec.name} on {data.name}", out / f"{spec.name}.png")
+    title = f"{spec.name} on {data.name}" + (f" (protocol {protocol})" if protocol else "")
+    _plot(fits, table, data.y, title, out / f"{spec.name}.png")
     shown = table.rename(columns={c: c.replace("@k", f"@{k}") for c in COLUMNS})
     write_markdown(
         out / f"{spec.name}.md",
-        f"Neg-t-SNE spectrum on {data.name} (n={n:,}; tsne-to-umap-contrastive Fig. 1)",
+        f"Neg-t-SNE spectrum on {data.name} (n={n:,}; tsne-to-umap-contrastive Fig. 1){setting}",
         [
             f"![{spec.name}]({spec.name}.png)",
             "",
@@ -96,7 +103,7 @@ def make(cfg: DictConfig) -> pd.DataFrame:
 
 
 def spectrum_table(
-    X: np.ndarray,
+    data: Dataset,
     fits: dict[str, Fit],
     s_values: dict[str, float],
     pair_sample: int,
@@ -105,7 +112,8 @@ def spectrum_table(
     seed: int,
 ) -> pd.DataFrame:
     """One row per embedding (columns :data:`COLUMNS`) in the order of ``fits``; ``s_values``
-    maps the Neg-t-SNE embeddings' names to their s."""
+    maps the Neg-t-SNE embeddings' names to their s; kNN accuracy on ``data``'s test split."""
+    X = data.X
     n = len(X)
     tsne, umap = fits[REFERENCES["tsne"]].Y, fits[REFERENCES["umap"]].Y
     rows = []
@@ -120,6 +128,7 @@ def spectrum_table(
                 "Z": Z,
                 "scale": scale,
                 "NP@k": _np(X, result.Y, k, n_eval, seed),
+                "kNN acc": knn_accuracy(result.Y, data.y, data.n_train, seed=seed),
                 "NP@k to t-SNE": _np(tsne, result.Y, k, n_eval, seed),
                 "NP@k to UMAP": _np(umap, result.Y, k, n_eval, seed),
                 "time (s)": result.seconds,
