@@ -469,7 +469,7 @@ def _table(rows: list[dict[str, Any]]) -> pd.DataFrame:
         (c for c in table.columns if c.startswith("NP@")), key=lambda c: int(c.removeprefix("NP@"))
     )
     columns = ["method", SETTING, "device", KNN_INDEX, KNN, OPTIMISATION, TOTAL, WARMUP, RSS, METRICS,
-               *np_columns, RTA, KNN_ACC]  # fmt: skip
+               *np_columns, RTA, KNN_ACC, SCALE]  # fmt: skip
     table = table.reindex(columns=[*columns, NOTE])
     table[KNN_INDEX] = table[KNN_INDEX].fillna("")
     reference = table.loc[(table["method"] == REFERENCE) & table[SETTING].str.startswith("defaults"), TOTAL]
