@@ -38,7 +38,7 @@ CELL_SIZE = 8192  # the engine's default points per K-means cell
 
 
 def heads_epoch(n: int, repeats: int, k: int = 8, S: int = 256, G: int = 1, layout: str = "random",
-                approximate: str = "remote") -> float:
+                approximate: str = "remote", group_domain: str = "cell") -> float:
     rng = np.random.default_rng(0)
     Y = (rng.standard_normal((n, 2)) * 10).astype(np.float32)
     p = np.full(k, 1 / k, np.float32)
@@ -53,7 +53,9 @@ def heads_epoch(n: int, repeats: int, k: int = 8, S: int = 256, G: int = 1, layo
         mu = (rng.standard_normal((C, 2)) * 10).astype(np.float32)
         c_mu = (10_000.0 * np.diff(lo) / n).astype(np.float32)
         dom_lo, dom_n = lo[cell], size
-    args = (Y, np.zeros_like(Y), nbrs, p, dom_lo, dom_n, n, 10_000.0, S, G, n // 10,
+    # a group's heads from its first head's cell (the engine), or from all rows (before 2026-12-04)
+    group_lo, group_n = (lo[cell], size) if group_domain == "cell" else (np.zeros(n, np.int64), np.full(n, n))
+    args = (Y, np.zeros_like(Y), nbrs, p, dom_lo, dom_n, group_lo, group_n, n, 10_000.0, S, G, n // 10,
             np.full(10, 1e-3), 0.8, 0.0, mu, c_mu, cell, approximate == "others", False, 1.0, 0, 0,
             1.0, 0.0, False, 1e-3, 1.0, 1.0, 3, numba.get_num_threads())
     return _best(lambda: fused_epoch(*args), repeats)
@@ -77,19 +79,25 @@ def main() -> None:
                         help="heads loop: heads sharing one noise draw (method.noise_group)")
     parser.add_argument("--layout", choices=["random", "cells"], default="random",
                         help="random rows and neighbours, or the engine's cell-ordered layout")
+    parser.add_argument("--group-domain", choices=["cell", "all"], nargs="+", default=["cell"],
+                        help="heads loop: a group's heads from its first head's cell (the engine) "
+                             "or from all rows (the engine before 2026-12-04)")
     parser.add_argument("--no-edges", action="store_true", help="time the heads loop only")
     args = parser.parse_args()
     print(f"numba threads: {numba.get_num_threads()}, layout: {args.layout}\n")
-    print("| loop | n | noise group | noise | seconds per epoch |\n|---|---|---|---|---|")
+    print("| loop | n | noise group | group's heads | noise | seconds per epoch |\n|---|---|---|---|---|---|")
     approximations = ["remote", "others"] if args.layout == "cells" else ["remote"]
     for n in args.n:
         for G in args.noise_group:
             for approximate in approximations:
-                noise = "all points" if approximate == "remote" else "own cell + cell means"
-                seconds = heads_epoch(n, args.repeats, G=G, layout=args.layout, approximate=approximate)
-                print(f"| heads | {n:,} | {G} | {noise} | {seconds:.3g} |", flush=True)
+                for group_domain in args.group_domain:
+                    noise = "all points" if approximate == "remote" else "own cell + cell means"
+                    seconds = heads_epoch(n, args.repeats, G=G, layout=args.layout, approximate=approximate,
+                                          group_domain=group_domain)
+                    heads = "one cell" if group_domain == "cell" else "all rows"
+                    print(f"| heads | {n:,} | {G} | {heads} | {noise} | {seconds:.3g} |", flush=True)
         if not args.no_edges:
-            print(f"| edges | {n:,} | - | m = 5 | {edges_epoch(n, args.repeats):.3g} |", flush=True)
+            print(f"| edges | {n:,} | - | - | m = 5 | {edges_epoch(n, args.repeats):.3g} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -289,37 +289,45 @@ def _uniform_int(counter, size):
     return min(np.int64(u * size), size - 1)
 
 
-def _draw(heads, noise, c_noise, exclude, dom_lo, dom_n, head_cell, exclude_own, pool, nbrs,
-          n_local, n_noise, n_total, base):
+def _draw(heads, noise, c_noise, exclude, dom_lo, dom_n, cell_lo, cell_n, head_cell, exclude_own, pool,
+          nbrs, n_local, n_noise, n_total, base):
     """B heads in groups of G = ceil(B / len(noise)) that share one draw of S noise points
-    (``noise[g]``) from their domain (or, with ``pool``, from the batch's positives, as the
-    reference code does).
+    (``noise[g]``) from their noise domain (or, with ``pool``, from the batch's positives, as
+    the reference code does).
 
-    A group's first head is uniform over the shard, the others uniform over its domain
-    [dom_lo, dom_lo + dom_n) (the shard, or its cell when other cells enter as means), so
-    every head is uniform over the shard and shares its domain with its group. Counter-based
-    (the random numbers are a function of (base, g, slot) only), so the draws are the same
-    for any thread count and can be made in parallel.
+    A group's first head is uniform over the shard, the others uniform over its cell
+    [cell_lo, cell_lo + cell_n), so every head is uniform over the shard; the noise is uniform
+    over the first head's domain [dom_lo, dom_lo + dom_n) (the shard, or its cell when other
+    cells enter as means). The groups are taken in row order of their first heads (the draws
+    are exchangeable, so sorting them changes no distribution): rows are laid out by cell, so a
+    step then walks the cells in memory order and a group's heads and their positives share one
+    cell's rows, which stay in cache. Counter-based (the random numbers are a function of
+    (base, g, slot) only), so the draws are the same for any thread count and can be made in
+    parallel.
     """
     B = heads.shape[0]
     Bg, S = noise.shape
     G = -(-B // Bg)
     K = nbrs.shape[1]
     stride = np.uint64(G + S)
+    first = np.empty(Bg, dtype=np.int64)
+    for grp in numba.prange(Bg):
+        first[grp] = _uniform_int(base + np.uint64(grp) * stride, n_local)
+    first.sort()
     for grp in numba.prange(Bg):
         counter = base + np.uint64(grp) * stride
-        first = _uniform_int(counter, n_local)
-        lo, size = dom_lo[first], dom_n[first]
+        f = first[grp]
+        lo, size, dom = cell_lo[f], cell_n[f], dom_n[f]
         for h in range(grp * G, min(grp * G + G, B)):
-            i = first if h == grp * G else lo + _uniform_int(counter + np.uint64(h - grp * G), size)
+            i = f if h == grp * G else lo + _uniform_int(counter + np.uint64(h - grp * G), size)
             heads[h] = i
             exclude[h] = head_cell[i] if exclude_own else -1
             # the pool stands for the head's domain as uniform draws would: weight |M| p(m in D) / S,
             # so that pool and cell means together weigh |M| (eq. 4)
-            c_noise[h] = n_noise * size / n_total / S
+            c_noise[h] = n_noise * dom / n_total / S
     for grp in numba.prange(Bg):
         counter = base + np.uint64(grp) * stride + np.uint64(G)
-        lo, size = dom_lo[heads[grp * G]], dom_n[heads[grp * G]]
+        lo, size = dom_lo[first[grp]], dom_n[first[grp]]
         for s in range(S):
             if pool:
                 slot = _uniform_int(counter + np.uint64(s), B * K)
@@ -351,14 +359,14 @@ sgd_rows_serial = numba.njit(cache=True, error_model="numpy")(_sgd_rows)
 
 
 @numba.njit(cache=True, error_model="numpy")
-def fused_epoch(Y, velocity, nbrs, p, dom_lo, dom_n, n_total, n_noise, S, G, B, lrs, momentum, clip,
+def fused_epoch(Y, velocity, nbrs, p, dom_lo, dom_n, cell_lo, cell_n, n_total, n_noise, S, G, B, lrs, momentum, clip,
                 mu, c_mu, head_cell, exclude_own, pool, rho, loss_kind, kernel_kind, alpha, log_nu,
                 learn_nu, lr_nu, a, b, seed, n_threads):
     """One epoch of SGD steps, all in compiled code (the CPU fast path).
 
-    Each step draws B heads uniformly and S noise points for each group of G heads from
-    their domain [dom_lo, dom_lo + dom_n) (:func:`draw`, counter-based from ``seed``, so the
-    result does not depend on the thread count), computes the batch gradient with
+    Each step draws B heads uniformly, in groups of G from one cell [cell_lo, cell_lo + cell_n),
+    and S noise points for each group from its domain [dom_lo, dom_lo + dom_n) (:func:`draw`,
+    counter-based from ``seed``, so the result does not depend on the thread count), computes the batch gradient with
     :func:`batch_forces`, clips it, and takes an SGD step with momentum (torch's rule:
     v = momentum v + g; y -= lr v) at ``lrs[step]``. NCE's log(nu) takes plain SGD steps
     at ``lr_nu``. Returns the first step's mean loss per head and the final log(nu).
@@ -374,8 +382,8 @@ def fused_epoch(Y, velocity, nbrs, p, dom_lo, dom_n, n_total, n_noise, S, G, B, 
     work = workspace(B, nbrs.shape[1], S, G)
     for step in range(lrs.shape[0]):
         base = _mix(np.uint64(seed) * np.uint64(1_000_003) + np.uint64(step)) * np.uint64(1 << 20)
-        draw_args = (heads, noise, c_noise, exclude, dom_lo, dom_n, head_cell, exclude_own, pool,
-                     nbrs, n_local, n_noise, n_total, base)
+        draw_args = (heads, noise, c_noise, exclude, dom_lo, dom_n, cell_lo, cell_n, head_cell,
+                     exclude_own, pool, nbrs, n_local, n_noise, n_total, base)
         if parallel:
             draw(*draw_args)
         else:

@@ -231,14 +231,16 @@ class _ShardTrainer:
 
         Heads come in groups of ``noise_group`` that share one draw of noise points (the rows
         of a group are equal): a group's first head is uniform over the shard, the others
-        uniform over its domain, so each head is uniform and each estimate unbiased."""
+        uniform over its cell, so each head is uniform and each estimate unbiased (the compiled
+        loop, :func:`nomad.cpu_kernel.fused_epoch`, draws from the same distributions)."""
         G = group_size(B, self.spec.noise_group)
         Bg = -(-B // G)
         first = torch.randint(self.n_local, (Bg,), generator=self.gen, device=self.dev)
         lo, size = self._domain(first)
         if G > 1:
             u = torch.rand(Bg, G - 1, generator=self.gen, device=self.dev)
-            rest = lo[:, None] + torch.minimum((u * size[:, None]).long(), size[:, None] - 1)
+            cell_lo, cell_n = self.cell_lo[first, None], self.cell_n[first, None]
+            rest = cell_lo + torch.minimum((u * cell_n).long(), cell_n - 1)
             heads = torch.cat([first[:, None], rest], 1).reshape(-1)[:B]
         else:
             heads = first
@@ -391,7 +393,8 @@ class _ShardTrainer:
         no_mu = mu is None
         value, log_nu = fused_epoch(
             self.Y.data.numpy(), self._velocity, self.nbrs.numpy(), self.p[0].numpy(),
-            self._dom_lo, self._dom_n, self.shard.n_total, float(spec.n_noise), spec.noise_samples,
+            self._dom_lo, self._dom_n, self.cell_lo.numpy(), self.cell_n.numpy(), self.shard.n_total,
+            float(spec.n_noise), spec.noise_samples,
             group_size(self.B, spec.noise_group), self.B, lrs, float(spec.momentum), float(spec.clip_grad or 0.0),
             np.zeros((0, 2), np.float32) if no_mu else mu.numpy(),
             np.zeros(0, np.float32) if no_mu else self._c_mu.numpy(),

@@ -18,13 +18,16 @@ def test_kernel_bench_prints_a_row_per_loop(monkeypatch, capsys, one_thread):
     kernel_bench.main()
     cells = _rows(capsys)
     assert [(c[0], c[2]) for c in cells] == [("heads", "1"), ("heads", "4"), ("edges", "-")]
-    assert all(float(c[4]) > 0 for c in cells)
+    assert all(float(c[5]) > 0 for c in cells)
 
 
 def test_the_cell_layout_times_both_noise_domains(monkeypatch, capsys, one_thread):
-    argv = ["kernel_bench", "--n", "20000", "--repeats", "1", "--noise-group", "16", "--layout", "cells", "--no-edges"]
+    argv = ["kernel_bench", "--n", "20000", "--repeats", "1", "--noise-group", "16", "--layout", "cells",
+            "--group-domain", "cell", "all", "--no-edges"]
     monkeypatch.setattr(sys, "argv", argv)
     kernel_bench.main()
     cells = _rows(capsys)
-    assert [c[3] for c in cells] == ["all points", "own cell + cell means"]
-    assert all(float(c[4]) > 0 for c in cells)
+    assert [(c[3], c[4]) for c in cells] == [
+        ("one cell", "all points"), ("all rows", "all points"),
+        ("one cell", "own cell + cell means"), ("all rows", "own cell + cell means")]
+    assert all(float(c[5]) > 0 for c in cells)

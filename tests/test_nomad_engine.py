@@ -259,6 +259,40 @@ def test_one_device_approximates_no_cell(four_cells, approximate):
     assert (size == 400).all()  # noise uniform over all n points (eq. 2)
 
 
+@pytest.mark.parametrize("path", ["torch", "fused"])
+def test_a_noise_group_takes_its_heads_from_one_cell_and_every_head_is_uniform(four_cells, path):
+    """Both samplers: the G heads of a group share the first head's cell (so the compiled loop
+    works one cell's rows at a time) and the noise domain stays all points; yet each head is
+    uniform over the shard: over many draws every row is a head about equally often."""
+    from nomad.cpu_kernel import draw
+
+    shard, G, S, B, draws = four_cells, 5, 6, 50, 400
+    cell = shard.cell
+    spec = TrainSpec(loss=InfoNCE(), p=p_ji(7), n_epochs=1, learning_rate=1.0, batch_size=B,
+                     n_noise=20.0, noise_samples=S, noise_group=G, approximate="remote")
+    tr = _ShardTrainer(shard, spec, Comm())
+    counts = np.zeros(len(cell))
+    for t in range(draws):
+        if path == "torch":
+            heads, noise, _size = (a.numpy() for a in tr._sample(B, S))
+            noise = noise[::G]
+        else:
+            heads, noise = np.empty(B, np.int64), np.empty((B // G, S), np.int64)
+            c_noise, exclude = np.empty(B, np.float32), np.empty(B, np.int64)
+            n = len(cell)
+            draw(heads, noise, c_noise, exclude, np.zeros(n, np.int64), np.full(n, n), tr.cell_lo.numpy(),
+                 tr.cell_n.numpy(), cell, False, False, tr.nbrs.numpy(), n, 20.0, n, np.uint64(t) << np.uint64(20))
+            np.testing.assert_allclose(c_noise, 20.0 / S)  # |M| p(m in all points) / S
+        groups = cell[heads].reshape(-1, G)
+        assert (groups == groups[:, :1]).all()  # one cell a group
+        counts += np.bincount(heads, minlength=len(cell))
+        spans = cell[noise].max(1) != cell[noise].min(1)
+        assert spans.mean() > 0.5  # the noise still comes from all cells
+    expected = draws * B / len(cell)  # 50 per row; a chi-square test of uniformity
+    chi2 = ((counts - expected) ** 2 / expected).sum()
+    assert chi2 < len(cell) + 5 * np.sqrt(2 * len(cell)), chi2
+
+
 @pytest.mark.parametrize("s", [0.0, 0.5])
 def test_mean_term_of_approximated_cells_by_hand(four_cells, s):
     shard = four_cells
