@@ -276,6 +276,6 @@ def test_batch_neighbor_noise_weighs_m_with_the_remote_means(digits):
     heads, noise = np.empty(B, np.int64), np.empty((B, S), np.int64)
     c_noise, exclude = np.empty(B, np.float32), np.empty(B, np.int64)
     lo, n = (t.numpy() for t in trainer._domain(torch.arange(trainer.n_local)))
-    draw_serial(heads, noise, c_noise, exclude, lo, n, shard.cell, False, True, shard.neighbors,
-                trainer.n_local, 1000.0, 600, np.uint64(7))
+    draw_serial(heads, noise, c_noise, exclude, lo, n, trainer.cell_lo.numpy(), trainer.cell_n.numpy(),
+                shard.cell, False, True, shard.neighbors, trainer.n_local, 1000.0, 600, np.uint64(7))
     np.testing.assert_allclose(c_noise * S + means, 1000.0, rtol=1e-5)
