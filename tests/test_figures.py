@@ -202,6 +202,8 @@ def no_data(monkeypatch: pytest.MonkeyPatch) -> None:
         (["experiment=damrich_fig1_reduced", "figure.pair_sample=1"], "figure.pair_sample"),
         (["experiment=damrich_fig1_reduced", "+methods.neg_tsne.bogus=1"], "bogus"),
         (["experiment=damrich_fig1_reduced", "~methods.umap"], "methods.umap"),
+        (["experiment=damrich_fig1_reduced", "protocol=damrich_iclr", "figure.protocol_methods=[nosuch]"],
+         "protocol_methods"),
         (["experiment=umap_ring_reduced", "figure.patch=2"], "figure.patch"),
         (["experiment=umap_ring_reduced", "dataset=digits"], "not a ring dataset"),
         (["experiment=umap_ring_reduced", *ENGINE_UMAP], "umap-learn"),

@@ -61,7 +61,14 @@ def method_plan(cfg: DictConfig, key: str, **params: Any) -> Plan:
     layers = [cfg.methods[key]]
     run = {"seed": cfg.seed, "trainer": cfg.trainer, "metrics": cfg.metrics, "paths": cfg.paths}
     protocol = cfg.get("protocol")
-    if protocol is not None and key in (cfg.figure.get("protocol_methods") or ()):
+    listed = list(cfg.figure.get("protocol_methods") or ())
+    unknown = [name for name in listed if name not in methods]
+    if protocol is not None and unknown:
+        raise InputError(
+            f"figure.protocol_methods names {unknown}, which the figure does not run; list some of "
+            f"its methods ({', '.join(methods)})."
+        )
+    if protocol is not None and key in listed:
         # unresolved: the protocol's values look up method.name and its tables in the run config
         layers.append(OmegaConf.to_container(cfg.method, resolve=False))
         run["protocol"] = OmegaConf.to_container(protocol, resolve=False)
