@@ -6,15 +6,15 @@ to ``KDTREE_MAX_DIMS`` dimensions (an embedding) the candidates come from a
 at 1M points); otherwise from the brute-force pass below.
 
 Brute force. The reference side is read once, in blocks of ``chunk_size`` rows (np.memmap and
-float16 stay on disk / in their dtype until a block is cast to float32); queries are processed in
-chunks of ``chunk_size`` against each block, so the largest distance matrix is
-``chunk_size x chunk_size`` float32, and a running top-``m`` per query is merged block by block
-(``torch.topk``), for the queries that have a row in the block nearer than their current m-th
-candidate only. Memory is
-O(n_queries * (D + m) + chunk_size * (chunk_size + D)), never O(n^2).
+float16 stay on disk / in their dtype until a block is cast to float32); faiss's exhaustive search
+(``faiss.knn``: a BLAS product and a running heap, tiled so that no n_queries x chunk_size matrix is
+formed) gives each query's ``m + 1`` nearest rows of the block, its own row is dropped by index, and
+a running top-``m`` per query is merged block by block (``torch.topk``). Memory is
+O(n_queries * (D + m) + chunk_size * D), never O(n^2). 5,000 queries among 10M rows of 50 dims
+take about 35 s on 2 cores.
 
-Exactness. The float32 pass ranks by ``||r||^2 - 2 q.r`` (``||q||^2`` is constant per query row, so
-it cannot change the ranking) after centring on the queries' mean, which limits cancellation. It
+Exactness. The float32 pass ranks by ``||q||^2 + ||r||^2 - 2 q.r`` after centring on the queries'
+mean, which limits cancellation. It
 keeps ``m = 2k + 16`` candidates; their distances are recomputed in float64 from the raw rows and
 the k nearest are taken ordered by (distance, index). A query is excluded from its own
 neighbours by index, never by position, so exact duplicates are handled. The result is therefore
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 
+import faiss
 import numpy as np
 import torch
 from scipy.spatial import cKDTree
@@ -45,7 +46,7 @@ def exact_knn(
     data: np.ndarray,
     query_idx: np.ndarray,
     k: int,
-    chunk_size: int = 4096,
+    chunk_size: int = 65536,
     *,
     name: str = "data",
     search: str = "auto",
@@ -91,42 +92,30 @@ def _float32_candidates(
 ) -> np.ndarray:
     """The n_cand nearest rows of each query by float32 squared distance (unordered)."""
     n, n_q = data.shape[0], len(query_idx)
-    queries = torch.from_numpy(np.array(data[query_idx], dtype=np.float32))
-    if not torch.isfinite(queries).all():
-        check_finite(queries.numpy(), name, " (among the evaluation rows)")
-    center = queries.mean(dim=0, dtype=torch.float64).float()
+    queries = np.array(data[query_idx], dtype=np.float32)
+    if not np.isfinite(queries).all():
+        check_finite(queries, name, " (among the evaluation rows)")
+    center = queries.mean(axis=0, dtype=np.float64).astype(np.float32)
     queries -= center
     query_t = torch.from_numpy(query_idx)
 
     best_d = torch.full((n_q, n_cand), float("inf"))
     best_i = torch.full((n_q, n_cand), -1, dtype=torch.int64)
-    tau = torch.full((n_q,), float("inf"))  # each query's n_cand-th best so far
     for start in range(0, n, chunk_size):
         stop = min(start + chunk_size, n)
-        ref = torch.from_numpy(np.array(data[start:stop], dtype=np.float32))
-        if not torch.isfinite(ref).all():
-            check_finite(ref.numpy(), name, f" (rows {start}..{stop - 1})")
+        ref = np.array(data[start:stop], dtype=np.float32)
+        if not np.isfinite(ref).all():
+            check_finite(ref, name, f" (rows {start}..{stop - 1})")
         ref -= center
-        ref_sq = (ref * ref).sum(dim=1)
-        n_top = min(n_cand, stop - start)
-        for q0 in range(0, n_q, chunk_size):
-            q1 = min(q0 + chunk_size, n_q)
-            dist = torch.addmm(ref_sq.unsqueeze(0), queries[q0:q1], ref.T, alpha=-2.0)
-            own = query_t[q0:q1]
-            rows = torch.nonzero((own >= start) & (own < stop)).squeeze(1)
-            dist[rows, own[rows] - start] = float("inf")
-            # only queries with a row nearer than their current n_cand-th are merged: after the
-            # first blocks that is rare, so the pass costs about the matrix product
-            hit = q0 + torch.nonzero(dist.amin(dim=1) < tau[q0:q1]).squeeze(1)
-            if len(hit) == 0:
-                continue
-            blk_d, blk_j = torch.topk(dist[hit - q0], n_top, dim=1, largest=False, sorted=False)
-            merged_d = torch.cat([best_d[hit], blk_d], dim=1)
-            merged_i = torch.cat([best_i[hit], blk_j + start], dim=1)
-            top_d, top_j = torch.topk(merged_d, n_cand, dim=1, largest=False, sorted=False)
-            best_d[hit] = top_d
-            best_i[hit] = torch.gather(merged_i, 1, top_j)
-            tau[hit] = top_d.amax(dim=1)
+        # one more than kept, so that the query itself, if it is in this block, can be dropped
+        n_top = min(n_cand + 1, stop - start)
+        blk_d, blk_j = (torch.from_numpy(a) for a in faiss.knn(queries, ref, n_top))
+        blk_j += start
+        blk_d[blk_j == query_t[:, None]] = float("inf")
+        merged_d = torch.cat([best_d, blk_d], dim=1)
+        merged_i = torch.cat([best_i, blk_j], dim=1)
+        best_d, top_j = torch.topk(merged_d, n_cand, dim=1, largest=False, sorted=False)
+        best_i = torch.gather(merged_i, 1, top_j)
     # With n - 1 >= n_cand finite candidates per query, an inf left here means float32 overflow
     # (the self entry or an unfilled slot could then be among the candidates).
     if not torch.isfinite(best_d).all():

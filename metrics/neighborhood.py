@@ -33,7 +33,7 @@ def neighborhood_preservation(
     ks: Iterable[int] = (10, 15),
     n_eval: int | None = 5000,
     seed: int = 0,
-    chunk_size: int = 4096,
+    chunk_size: int = 65536,
 ) -> dict[int, tuple[float, float]]:
     """NP@k for each k in ``ks``: ``{k: (mean, ci95_halfwidth)}``."""
     X, Y = check_pair(X, Y)
