@@ -226,9 +226,12 @@ def test_cne_match_gives_our_methods_the_settings_cne_runs_with():
         assert o.sampling == "edges" and o.graph == "binary" and o.noise == "batch_neighbors"
         assert (o.n_neighbors, o.n_noise, o.n_epochs, o.batch_size) == (
             t.n_neighbors, t.negative_samples, t.n_epochs, t.batch_size)
-        assert o.learning_rate == 1.0 and t.learning_rate == "auto"  # cne's auto: 1.0 non-parametric
+        # cne's auto lr: 1.0 non-parametric, and it clips each coordinate at 4; its InfoNCE loss is
+        # half ours (temperature / base_temperature = 0.5), so ours takes lr 0.5 and clips at 8
+        factor = 0.5 if ours == "infonc_tsne" else 1.0
+        assert o.learning_rate == 1.0 * factor and t.learning_rate == "auto"
+        assert o.clip_grad == 4 / factor and t.clip_grad is True
         assert o.aggregation == t.loss_aggregation and o.init_scale == t.init_scale
-        assert o.clip_grad == 4 and t.clip_grad is True  # cne clips each coordinate at 4
         assert cfg.method_overrides[theirs].early_exaggeration is False
         assert cfg.method_overrides[theirs].knn == "exact" and o.knn == "cells" and o.n_probe >= 64  # one graph
     assert cne["cne_neg"].loss_mode == "neg" and cne["cne_neg"].s == neg.s

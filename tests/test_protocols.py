@@ -156,7 +156,7 @@ def task(overrides: list[str]):
 ICLR = {  # ALGORITHMS.md 1.6 (and 1.1-1.3 for cne's defaults the scripts keep)
     "n_neighbors": 15, "p_model": "uniform", "graph": "binary", "n_noise": 5,
     "aggregation": "sum", "momentum": 0.0, "lr_schedule": "linear",
-    "init": "pca", "init_scale": 1.0, "n_epochs": 750, "clip_grad": 4.0, "noise": "batch_neighbors",
+    "init": "pca", "init_scale": 1.0, "n_epochs": 750, "noise": "batch_neighbors",
     "push_noise": True, "early_exaggeration": 1.0, "early_exaggeration_epochs": 0,
     "hidden": [100, 100, 100],
 }
@@ -180,6 +180,8 @@ def test_damrich_iclr_sets_the_papers_protocol_on_every_engine_method(name, para
     # Adam at 1e-3 ("auto")
     halved = name == "infonc_tsne" and not parametric
     assert params["learning_rate"] == (0.5 if halved else "auto")
+    # cne clips the gradient of the halved loss at 4: ours at 8, under SGD and Adam alike
+    assert params["clip_grad"] == (8.0 if name == "infonc_tsne" else 4.0)
     if name == "nomad" and not parametric:  # refused at fit (test_nomad_refuses_the_protocol_...)
         return
     spec = resolved_spec(plan.method, n=2000)
