@@ -76,7 +76,7 @@ def assign(X: np.ndarray, centroids: torch.Tensor, chunk: int = 65536) -> np.nda
     c_sq = (centroids * centroids).sum(1)
     out = np.empty(len(X), dtype=np.int64)
     for lo, hi in _chunks(len(X), chunk):
-        xb = torch.as_tensor(np.asarray(X[lo:hi], dtype=np.float32))
+        xb = torch.from_numpy(np.array(X[lo:hi], dtype=np.float32))  # a copy: X may be read-only
         out[lo:hi] = _rank_dists(xb, centroids, c_sq).argmin(1).numpy()
     return out
 

@@ -33,7 +33,7 @@ def embed(encoder: torch.nn.Module, X, batch_size: int = 65536, device: str = "c
     """``encoder(X)`` in batches, as float32 numpy (X may be a memmap)."""
     out = np.empty((len(X), 2), dtype=np.float32)
     for lo in range(0, len(X), batch_size):
-        xb = torch.as_tensor(np.asarray(X[lo:lo + batch_size], dtype=np.float32), device=device)
+        xb = torch.as_tensor(np.array(X[lo:lo + batch_size], dtype=np.float32), device=device)
         out[lo:lo + batch_size] = encoder(xb).cpu().numpy()
     return out
 

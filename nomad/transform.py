@@ -35,10 +35,10 @@ def query_knn(X_ref: np.ndarray, X_new: np.ndarray, k: int, metric: str = "eucli
     ref_chunk = 1 << 16
     for lo, hi in tqdm(list(_chunks(len(X_new), chunk)), desc="kNN of new points", disable=not verbose,
                        leave=False):
-        q = torch.as_tensor(np.asarray(X_new[lo:hi], dtype=np.float32))
+        q = torch.from_numpy(np.array(X_new[lo:hi], dtype=np.float32))
         best_d = best_i = None
         for rlo, rhi in _chunks(len(X_ref), ref_chunk):
-            r = torch.as_tensor(np.asarray(X_ref[rlo:rhi], dtype=np.float32))
+            r = torch.from_numpy(np.array(X_ref[rlo:rhi], dtype=np.float32))
             d = -(q @ r.T) if metric == "inner_product" else _rank_dists(q, r, (r * r).sum(1))
             val, ind = torch.topk(d, min(k, rhi - rlo), dim=1, largest=False)
             ind = ind + rlo

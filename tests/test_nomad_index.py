@@ -6,6 +6,8 @@ to convergence, exact kNN inside each cell; the index is cached on disk.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -22,6 +24,7 @@ from nomad.index import (
     kmeans,
     lsh_init,
 )
+from nomad.transform import query_knn
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -302,3 +305,16 @@ def test_data_key_depends_on_content_shape_and_dtype():
     b = a.copy()
     b[5] = -1
     assert data_key(a) != data_key(b)
+
+
+def test_read_only_input_is_read_without_a_warning():
+    """A memory-mapped dataset opened read-only: the chunked searches copy each chunk instead of
+    wrapping it, which torch warns about for non-writable arrays."""
+    X = np.random.default_rng(0).standard_normal((300, 5)).astype(np.float32)
+    X.setflags(write=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        labels = assign(X, torch.from_numpy(X[:4].copy()), chunk=64)
+        idx, _ = query_knn(X, X[:10], 3, chunk=4)
+    assert labels[:4].tolist() == [0, 1, 2, 3]
+    assert idx[:, 0].tolist() == list(range(10))
