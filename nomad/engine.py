@@ -154,10 +154,12 @@ class ContrastiveEmbedding(EmbeddingMethod, BaseEstimator):
 
     Schedule (:class:`~nomad.options.ScheduleOptions`), the optimisation:
         n_epochs: passes over the n heads (over the edges with edge sampling).
-        learning_rate: "auto" = n/10 (nomad-projection sec. 3.4) for mean aggregation,
-            1.0 for sum aggregation (cne), 1e-3 (Adam) for the parametric trainer.
-        batch_size: heads per step over all devices ("auto" = ceil(n/10): with the
-            n/10 rate each head occurrence then takes a unit step, cne's setting); edges per
+        learning_rate: "auto" = ``lr_scale`` n for mean aggregation, 1.0 for sum aggregation
+            (cne), 1e-3 (Adam) for the parametric trainer.
+        lr_scale: the "auto" rate of mean aggregation over n (the reference code's name);
+            0.1 = n/10, nomad-projection sec. 3.4 (NOMAD: 0.2, see its docstring).
+        batch_size: heads per step over all devices ("auto" = ceil(n/10): each head
+            occurrence then takes a step of 10 lr_scale, a unit step at n/10 as in cne); edges per
             step with ``sampling="edges"`` ("auto" = 1024, cne's ICLR-paper batch).
         aggregation: "mean" (paper) or "sum" (cne) of the loss over a batch.
         momentum, lr_schedule ("linear" to 0, "reference": flat then linear, "constant"),
@@ -222,6 +224,7 @@ class ContrastiveEmbedding(EmbeddingMethod, BaseEstimator):
         noise_group: int = 1,
         n_epochs: int = 500,
         learning_rate: float | str = "auto",
+        lr_scale: float = 0.1,
         batch_size: int | str = "auto",
         aggregation: str = "mean",
         momentum: float = 0.0,
@@ -268,6 +271,7 @@ class ContrastiveEmbedding(EmbeddingMethod, BaseEstimator):
         self.noise_group = noise_group
         self.n_epochs = n_epochs
         self.learning_rate = learning_rate
+        self.lr_scale = lr_scale
         self.batch_size = batch_size
         self.aggregation = aggregation
         self.momentum = momentum
@@ -592,7 +596,7 @@ class ContrastiveEmbedding(EmbeddingMethod, BaseEstimator):
         elif sched.learning_rate == "auto" and isinstance(trainer, ParametricOptions):
             lr = 1e-3  # Adam (cne, Parametric UMAP)
         elif sched.learning_rate == "auto":
-            lr = n / 10 if sched.aggregation == "mean" else 1.0
+            lr = sched.lr_scale * n if sched.aggregation == "mean" else 1.0
         else:
             lr = float(sched.learning_rate)
         S = min(math.ceil(noise.n_noise), 32) if noise.noise_samples == "auto" else int(noise.noise_samples)

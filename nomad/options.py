@@ -140,6 +140,7 @@ class ScheduleOptions:
 
     n_epochs: int
     learning_rate: float | str
+    lr_scale: float
     batch_size: int | str
     aggregation: str
     momentum: float
@@ -155,6 +156,7 @@ class ScheduleOptions:
     def __post_init__(self) -> None:
         check_number("n_epochs", self.n_epochs, minimum=1, integer=True)
         check_number("learning_rate", self.learning_rate, minimum=0, strict=True, auto=True)
+        check_number("lr_scale", self.lr_scale, minimum=0, strict=True)
         check_number("batch_size", self.batch_size, minimum=1, integer=True, auto=True)
         check_choice("aggregation", self.aggregation, ("mean", "sum"))
         check_number("momentum", self.momentum, minimum=0)
@@ -353,6 +355,15 @@ def resolve(params: dict[str, Any], defaults: dict[str, Any], *, method: str, mu
                                  f"or others, or leave method.{name} at {defaults[name]!r}")
 
     schedule = ScheduleOptions(**{name: p[name] for name in group_fields(ScheduleOptions)})
+    if not _same(p["lr_scale"], defaults["lr_scale"]) and (
+            schedule.learning_rate != "auto" or schedule.aggregation != "mean"
+            or isinstance(trainer, ParametricOptions)):
+        raise InputError(f"method.lr_scale={p['lr_scale']!r} sets the 'auto' learning rate lr_scale * n of "
+                         "free positions under mean aggregation, but this model's rate is "
+                         + (f"method.learning_rate={schedule.learning_rate!r}" if schedule.learning_rate != "auto"
+                            else "Adam's 1e-3 (parametric)" if isinstance(trainer, ParametricOptions)
+                            else "1.0 (sum aggregation)")
+                         + f": set one of the two, or leave method.lr_scale at {defaults['lr_scale']!r}")
     init = InitOptions(p["init"], p["init_scale"])
 
     # what several devices need (each device trains the points of its cells)

@@ -227,7 +227,8 @@ def test_nomad_without_approximated_cells_is_infonc_tsne(digits, approximate):
     X = digits[0][:800]
     kw = {"n_epochs": 15, "n_cells": 4, "random_state": 1,
           # NOMAD's own defaults, set explicitly so both methods run the same settings
-          "n_neighbors": 8, "n_noise": 10_000, "noise_samples": 256, "noise_group": 16, "momentum": 0.8}
+          "n_neighbors": 8, "n_noise": 10_000, "noise_samples": 256, "noise_group": 16, "momentum": 0.8,
+          "lr_scale": 0.2}
     Y_nomad = NOMAD(approximate=approximate, **kw).fit_transform(X)
     Y_info = InfoNCTSNE(p_model="inverse_rank", **kw).fit_transform(X)
     np.testing.assert_array_equal(Y_nomad, Y_info)

@@ -83,6 +83,9 @@ FOREIGN = [  # (class, parameters, the option named, the fix named)
     (NOMAD, {"devices": 2, "accelerator": "cpu", "sampling": "edges"}, "sampling='edges'", "devices=1"),
     (NOMAD, {"devices": 2, "accelerator": "cpu", "knn": "cells", "n_probe": 3}, "n_probe=3", "method.n_probe=1"),
     (NOMAD, {"devices": 2, "accelerator": "cpu", "parametric": True}, "parametric=true", "parametric=false"),
+    (NOMAD, {"lr_scale": 0.1, "learning_rate": 500.0}, "method.lr_scale=0.1", "set one of the two"),
+    (InfoNCTSNE, {"lr_scale": 0.3, "aggregation": "sum"}, "method.lr_scale=0.3", "sum aggregation"),
+    (InfoNCTSNE, {"lr_scale": 0.3, "parametric": True}, "method.lr_scale=0.3", "Adam"),
 ]
 
 
@@ -121,6 +124,15 @@ def test_get_params_clone_and_pickle_round_trip(cls):
     assert cls(**params).options() == model.options()
     model.set_params(n_epochs=9, parametric=True, sampling="heads")
     assert model.options().schedule.n_epochs == 9 and isinstance(model.options().trainer, ParametricOptions)
+
+
+def test_the_auto_learning_rate_is_lr_scale_times_n(digits):
+    X = digits[0][:300]
+    assert NOMAD(n_epochs=1).fit(X).learning_rate_ == pytest.approx(0.2 * 300)  # NOMAD: n/5
+    assert NOMAD(n_epochs=1, lr_scale=0.1).fit(X).learning_rate_ == pytest.approx(30.0)  # the paper's n/10
+    assert InfoNCTSNE(n_epochs=1).fit(X).learning_rate_ == pytest.approx(30.0)
+    assert InfoNCTSNE(n_epochs=1, aggregation="sum").fit(X).learning_rate_ == 1.0
+    NOMAD(lr_scale=0.2, learning_rate=7.0).options()  # lr_scale at its default: nothing to refuse
 
 
 def test_fit_records_the_options_it_used(digits):
