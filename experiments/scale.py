@@ -70,14 +70,15 @@ def load_table(path: str | Path) -> pd.DataFrame:
     if not path.exists():
         return pd.DataFrame()
     try:
-        table = pd.read_csv(path)
+        # text columns stay text: a code version like 24e5681 would otherwise read as a float
+        table = pd.read_csv(path, dtype={CODE: str, LOAD: str, bench.NOTE: str})
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         raise InputError(
             f"{path} is not a table experiments.scale wrote ({exc}); move it away or set "
             "table=<another path>."
         ) from exc
     if bench.NOTE in table:
-        table[bench.NOTE] = table[bench.NOTE].fillna("").astype(str)
+        table[bench.NOTE] = table[bench.NOTE].fillna("")
     return table
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from experiments import bench
+from experiments.scale import CODE, load_table, save_table
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,3 +52,11 @@ def test_bad_sizes_are_refused_in_one_line(tmp_path: Path) -> None:
     assert done.returncode == 1
     assert "ns=[1] must be a list of sizes >= 2" in done.stdout + done.stderr
     assert not (tmp_path / "t.csv").exists()
+
+
+def test_saved_rows_keep_their_text_columns(tmp_path: Path) -> None:
+    """A code version of digits and one 'e' (24e5681) is text, not the float 24 x 10^5681."""
+    table = pd.DataFrame({"n": [300], "method": ["pca"], CODE: ["24e5681"], bench.NOTE: [""]})
+    save_table(table, tmp_path / "t.csv")
+    loaded = load_table(tmp_path / "t.csv")
+    assert loaded[CODE].tolist() == ["24e5681"] and loaded[bench.NOTE].tolist() == [""]
