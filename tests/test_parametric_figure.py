@@ -12,6 +12,7 @@ from test_figures import figure_config, figure_files, task  # tests/test_figures
 
 from experiments.figures import parametric
 from experiments.figures.__main__ import make_figure
+from experiments.figures._common import method_plan
 from nebench.errors import InputError
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -36,6 +37,23 @@ def test_full_figure_holds_out_mnists_test_split(tmp_path) -> None:
         assert list(cfg.figure.references) == ["umap_learn"]
         modes = OmegaConf.to_container(cfg.figure.modes)
         assert {m["parametric"] for m in modes.values()} == {False, True}
+
+
+def test_a_protocol_sets_both_modes_and_the_parametric_epochs(tmp_path) -> None:
+    """protocol=damrich_iclr gives the engine methods the paper's setup in each mode (issue 14
+    item 4: edges and SGD free, heads of ~1,024 pairs and Adam parametric, 750 epochs in both);
+    without it the parametric mode keeps the figure's own 100 epochs, and umap-learn its defaults."""
+    with figure_config(["experiment=parametric", "protocol=damrich_iclr"], tmp_path) as cfg:
+        modes = parametric._modes(cfg.figure.modes)
+        free = method_plan(cfg, "infonc_tsne", **modes["non-parametric"]).method
+        encoder = method_plan(cfg, "neg_tsne", **modes["parametric"]).method
+        umap_learn = method_plan(cfg, "umap_learn").method
+    assert (free.sampling, free.batch_size, free.learning_rate) == ("edges", 1024, 0.5)
+    assert (encoder.sampling, encoder.batch_size, encoder.parametric) == ("heads", 68, True)
+    assert free.n_epochs == encoder.n_epochs == 750
+    assert not hasattr(umap_learn, "sampling")
+    with figure_config(["experiment=parametric"], tmp_path) as cfg:
+        assert parametric._modes(cfg.figure.modes)["parametric"]["n_epochs"] == 100
 
 
 @pytest.fixture
