@@ -195,7 +195,7 @@ def test_every_experiments_engine_methods_resolve_their_options(experiment):
     HydraConfig.instance().set_config(cfg)
     methods = cfg.get("methods")
     modes = cfg.figure.get("modes") if "figure" in cfg else None
-    modes = OmegaConf.to_container(modes) if modes is not None else {"": {}}
+    modes = OmegaConf.to_container(modes, resolve=True) if modes is not None else {"": {}}
     for node in (methods.values() if OmegaConf.is_dict(methods) else []):
         params = OmegaConf.to_container(node, resolve=True)
         cls = ENGINE.get(params.pop("name", None))
