@@ -75,6 +75,7 @@ def no_data(monkeypatch: pytest.MonkeyPatch) -> None:
         (["figure.k=0"], "figure.k"),
         (["figure.n_test=0"], "figure.n_test"),
         (["+methods.neg_tsne.bogus=1"], "bogus"),
+        (["~methods.umap", "~methods.infonc_tsne", "~methods.neg_tsne"], "compares none"),
     ],
 )
 def test_bad_requests_fail_before_any_work(overrides, expected, no_data, tmp_path) -> None:
@@ -82,6 +83,12 @@ def test_bad_requests_fail_before_any_work(overrides, expected, no_data, tmp_pat
     with figure_config(overrides, tmp_path) as cfg, pytest.raises(InputError, match=expected):
         make_figure(cfg)
     assert not (tmp_path / "results").exists()
+
+
+def test_a_compared_method_can_be_left_out(tmp_path) -> None:
+    overrides = ["experiment=parametric", "~methods.umap", "figure.protocol_methods=[neg_tsne]"]
+    with figure_config(overrides, tmp_path) as cfg:
+        assert parametric._compared(cfg) == ["infonc_tsne", "neg_tsne"]
 
 
 def test_a_dataset_without_split_needs_n_test(tmp_path) -> None:

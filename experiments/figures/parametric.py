@@ -108,7 +108,8 @@ def make(cfg: DictConfig) -> pd.DataFrame:
     if spec.n_test is not None:
         check_whole("figure.n_test", spec.n_test, least=1)
     modes = _modes(spec.get("modes"))
-    jobs = [(name, mode, key, params) for key, name in METHODS.items()
+    compared = _compared(cfg)
+    jobs = [(METHODS[key], mode, key, params) for key in compared
             for mode, params in modes.items()]  # fmt: skip
     jobs += [(key, "non-parametric", key, {}) for key in _references(cfg, spec.get("references"))]
     plans = [method_plan(cfg, key, **params) for _, _, key, params in jobs]  # checked up front
@@ -116,7 +117,7 @@ def make(cfg: DictConfig) -> pd.DataFrame:
     data = load_dataset(cfg.dataset, cfg.paths.data_dir, cfg.seed)
     split = _split(data, spec.n_test, cfg.seed)
     check_data(split.X_train, min_points=max(p.min_points for p in plans))
-    _warm_up(cfg, modes, split.X_train)
+    _warm_up(cfg, compared, modes, split.X_train)
     runs = []
     for (name, mode, key, params), plan in zip(jobs, plans):
         runs.append(_run(name, mode, plan, lambda k=key, p=params: method_plan(cfg, k, **p), split))
@@ -208,14 +209,16 @@ def _run(name: str, mode: str, plan: Plan, fresh: Callable[[], Plan], split: Spl
     return Run(name, mode, train, refit.Y[n_train:], refit.Y[:n_train], REFIT, refit.seconds)
 
 
-def _warm_up(cfg: DictConfig, modes: dict[str, dict[str, Any]], X: np.ndarray) -> None:
+def _warm_up(
+    cfg: DictConfig, compared: list[str], modes: dict[str, dict[str, Any]], X: np.ndarray
+) -> None:
     """Fit every engine method in every mode for 2 epochs on a few rows, untimed: the engine's
     numba kernels compile on their first call in a process (minutes when numba's on-disk cache
     is stale), which is one-off work, not the method's (umap-learn's compilation is likewise
     kept out of its timings, ``baselines/umap.py``)."""
     start = time.perf_counter()
     rows = X[: min(len(X), WARM_UP_ROWS)]
-    for key in METHODS:
+    for key in compared:
         for params in modes.values():
             method_plan(cfg, key, **{**params, "n_epochs": 2}).method.fit_transform(rows)
     log.info("warm-up (compilation, not timed): %.1f s", time.perf_counter() - start)
@@ -264,6 +267,19 @@ def _modes(value: Any) -> dict[str, dict[str, Any]]:
     if not any(p["parametric"] for p in modes.values()):
         raise InputError("figure.modes has no parametric mode: nothing would use transform.")
     return modes
+
+
+def _compared(cfg: DictConfig) -> list[str]:
+    """The compared methods (``METHODS``) the experiment configures under ``methods``: all three
+    by default; ``'~methods.umap'`` on the command line drops one (a shorter run)."""
+    compared = [key for key in METHODS if key in (cfg.get("methods") or {})]
+    if not compared:
+        raise InputError(
+            f"the figure compares none of {', '.join(METHODS)}: keep at least one under methods "
+            "(remove the ~methods.<key> overrides, or add `- /method@methods.<key>: <name>` to the "
+            "experiment's defaults)."
+        )
+    return compared
 
 
 def _references(cfg: DictConfig, value: Any) -> list[str]:
