@@ -14,6 +14,7 @@ from experiments.figures import parametric
 from experiments.figures.__main__ import make_figure
 from experiments.figures._common import method_plan
 from nebench.errors import InputError
+from nebench.runner import warm_up
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
@@ -83,6 +84,21 @@ def test_bad_requests_fail_before_any_work(overrides, expected, no_data, tmp_pat
     with figure_config(overrides, tmp_path) as cfg, pytest.raises(InputError, match=expected):
         make_figure(cfg)
     assert not (tmp_path / "results").exists()
+
+
+def test_the_warm_up_runs_every_plan_at_the_protocol(tmp_path, caplog) -> None:
+    """The runner's warm-up caps the protocol's 250 spectrum epochs with its 2 epochs (a figure
+    that set only n_epochs=2 stopped at the protocol's check, spectrum epochs > epochs)."""
+    with figure_config(["experiment=parametric", "protocol=damrich_iclr"], tmp_path) as cfg:
+        modes = parametric._modes(cfg.figure.modes)
+        plans = [method_plan(cfg, key, **params) for key in ("infonc_tsne", "neg_tsne")
+                 for params in modes.values()]  # fmt: skip
+    X = np.random.default_rng(0).normal(size=(200, 10)).astype(np.float32)
+    with caplog.at_level("WARNING", logger="nebench.runner"):
+        for plan in plans:
+            assert plan.method.spectrum_exaggeration_epochs == 250
+            warm_up(plan, X, seed=0)
+    assert not [r for r in caplog.records if "failed" in r.getMessage()], caplog.text
 
 
 def test_a_compared_method_can_be_left_out(tmp_path) -> None:

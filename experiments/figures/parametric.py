@@ -14,8 +14,9 @@ machinery (PCA start, uniform binary kNN graph instead of fuzzy weights).
 
 Per method and mode:
 
-0. an untimed 2-epoch fit of every engine method on a few rows compiles the engine's numba
-   kernels first, so that no timed fit includes one-off compilation;
+0. the runner's untimed warm-up (:func:`nebench.runner.warm_up`: every epoch count capped at 2,
+   a few rows) fits every method in every mode first, so that no timed fit includes one-off
+   compilation;
 1. fit on the train rows (MNIST: the first 60,000 = ``dataset.n_train``); NP@k, RTA and kNN
    accuracy (80/20 split of the train rows) of that embedding, and its fit time (the method's
    phases, kNN included; every run builds its own kNN index, ``cache_dir: null``);
@@ -59,14 +60,12 @@ from metrics import evaluate, knn_accuracy
 from nebench.data.dataset import Dataset
 from nebench.datasets import check_data, load_dataset
 from nebench.errors import InputError
-from nebench.runner import Plan, check_embedding
+from nebench.runner import Plan, check_embedding, warm_up
 
 log = logging.getLogger(__name__)
 
 #: the paper's methods: key in ``methods`` -> name in the table
 METHODS = {"umap": "UMAP", "infonc_tsne": "InfoNC-t-SNE", "neg_tsne": "Neg-t-SNE"}
-#: rows of the untimed warm-up fits
-WARM_UP_ROWS = 300
 #: how held-out points are placed in each kind of mode
 TRANSFORM, REFIT = "transform", "refit on train + held-out"
 COLUMNS = ["method", "mode", "fit (s)", "NP@k", "RTA", "kNN acc", "held-out by",
@@ -117,7 +116,9 @@ def make(cfg: DictConfig) -> pd.DataFrame:
     data = load_dataset(cfg.dataset, cfg.paths.data_dir, cfg.seed)
     split = _split(data, spec.n_test, cfg.seed)
     check_data(split.X_train, min_points=max(p.min_points for p in plans))
-    _warm_up(cfg, compared, modes, split.X_train)
+    if cfg.trainer.get("warmup", True):  # one-off compilation, untimed, as run.py does
+        for plan in plans:
+            warm_up(plan, split.X_train, cfg.seed)
     runs = []
     for (name, mode, key, params), plan in zip(jobs, plans):
         runs.append(_run(name, mode, plan, lambda k=key, p=params: method_plan(cfg, k, **p), split))
@@ -207,21 +208,6 @@ def _run(name: str, mode: str, plan: Plan, fresh: Callable[[], Plan], split: Spl
     refit = fit(fresh(), np.concatenate([split.X_train, split.X_test]))
     n_train = len(split.X_train)
     return Run(name, mode, train, refit.Y[n_train:], refit.Y[:n_train], REFIT, refit.seconds)
-
-
-def _warm_up(
-    cfg: DictConfig, compared: list[str], modes: dict[str, dict[str, Any]], X: np.ndarray
-) -> None:
-    """Fit every engine method in every mode for 2 epochs on a few rows, untimed: the engine's
-    numba kernels compile on their first call in a process (minutes when numba's on-disk cache
-    is stale), which is one-off work, not the method's (umap-learn's compilation is likewise
-    kept out of its timings, ``baselines/umap.py``)."""
-    start = time.perf_counter()
-    rows = X[: min(len(X), WARM_UP_ROWS)]
-    for key in compared:
-        for params in modes.values():
-            method_plan(cfg, key, **{**params, "n_epochs": 2}).method.fit_transform(rows)
-    log.info("warm-up (compilation, not timed): %.1f s", time.perf_counter() - start)
 
 
 def _split(data: Dataset, n_test: Any, seed: int) -> Split:
