@@ -29,7 +29,7 @@ The indexes (:data:`INDEXES`; settings in ``conf/knn_bench.yaml`` under ``params
   max_candidates = 60), as in ``baselines/umap.py``;
 * ``faiss_hnsw``: ``faiss.IndexHNSWFlat`` (M links per node, efConstruction, efSearch >= k + 1);
 * ``faiss_ivf``: ``faiss.IndexIVFFlat`` with ``nlist`` k-means lists (auto = 4 sqrt(n), the low
-  end of faiss's guideline of 4-16 sqrt(n)), trained on at most 256 points per list, ``nprobe``
+  end of faiss's guideline of 4-16 sqrt(n)), trained on at most 64 points per list, ``nprobe``
   lists searched: the engine's kNN on one device (:mod:`nomad.knn`);
 * ``annoy``: openTSNE's default kNN for n >= 1,000 (``openTSNE.nearest_neighbors.Annoy``,
   50 trees); openTSNE asks it for 3 x perplexity = 90 neighbours, here for k like the others.
@@ -136,7 +136,7 @@ def faiss_hnsw(
 
 def faiss_ivf(
     X: np.ndarray, k: int, seed: int, n_jobs: int, nlist: int | str = "auto", nprobe: int = 10,
-    train_per_list: int = 256,
+    train_per_list: int = 64,
 ) -> np.ndarray:  # fmt: skip
     """``faiss.IndexIVFFlat`` as the engine's ``knn=faiss_ivf`` builds it
     (:func:`nomad.knn.ivf_knn`): ``nlist`` k-means lists (auto = 4 sqrt(n)) trained on at most
