@@ -7,16 +7,12 @@ it found 97% of the exact neighbours in 3.7 s where NOMAD's 3-probe cells found 
 12.7 s (README, "kNN indexes"). Several devices keep NOMAD's in-cell kNN
 (:func:`nomad.index.cell_knn`), since there every kNN edge must stay inside a device.
 
-The queries are the indexed rows, so one pass of the coarse quantizer gives every row both its
-list (the nearest) and the lists its search scans; faiss's own ``add`` and ``search`` would
-each run that pass, minutes apiece at 10M rows.
-
 Lists hold at least 39 points on average (faiss's minimum per centroid), so small sets get
 fewer. The lists are trained on a seeded sample of at most ``train_per_list`` points per list
 (64, within faiss's guideline of 30-256), with faiss's own K-means seeded by the same seed, so
 a seed fixes the graph. Training on 64 rather than 256 a list costs little recall: on mnist1m
-(k = 8, 10 probed) recall@8 0.946 against 0.952 at 1M and 0.952 against 0.955 at 10M, where it
-saves 7 of the index's minutes (512 s of training against 93 s; README "kNN indexes").
+(k = 8, 10 probed) recall@8 0.946 against 0.952 at 1M and 0.952 against 0.955 at 10M, where
+faiss's training took 93 s against 512 s (README "kNN indexes").
 """
 
 from __future__ import annotations
@@ -26,8 +22,6 @@ import os
 
 import numpy as np
 from tqdm.auto import tqdm
-
-_STEP = 1 << 16  # rows per faiss call
 
 
 def drop_self(indices: np.ndarray, k: int) -> np.ndarray:
@@ -45,15 +39,6 @@ def _keep_mask(indices: np.ndarray) -> np.ndarray:
     return ~is_self
 
 
-def _probed_lists(index, X: np.ndarray, verbose: bool) -> np.ndarray:
-    """The ``index.nprobe`` nearest lists of every row (int32, nearest first), one pass of the
-    coarse quantizer."""
-    probes = np.empty((len(X), index.nprobe), dtype=np.int32)
-    for lo in tqdm(range(0, len(X), _STEP), desc="IVF lists", disable=not verbose, leave=False):
-        probes[lo:lo + _STEP] = index.quantizer.search(X[lo:lo + _STEP], index.nprobe)[1]
-    return probes
-
-
 def threads() -> int:
     """The cores this process may use."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
@@ -68,7 +53,6 @@ def ivf_knn(
     Euclidean distances, or negative inner products for ``metric="inner_product"``."""
     try:
         import faiss
-        from faiss.contrib.ivf_tools import add_preassigned, search_preassigned
     except ImportError as err:  # a core dependency, but installs can be partial
         from .errors import InputError
 
@@ -86,18 +70,16 @@ def ivf_knn(
     m = train_per_list * lists
     index.train(X if n <= m else X[np.sort(rng.choice(n, m, replace=False))])
     index.nprobe = min(nprobe, lists)
-    probes = _probed_lists(index, X, verbose)
-    add_preassigned(index, X, probes[:, 0].astype(np.int64))  # a row's list: its nearest
-    width = min(k + 1, n)
-    dist = np.empty((n, width), dtype=np.float32)
-    idx = np.empty((n, width), dtype=np.int64)
-    for lo in tqdm(range(0, n, _STEP), desc="kNN (faiss IVF)", disable=not verbose, leave=False):
-        rows = slice(lo, lo + _STEP)
-        dist[rows], idx[rows] = search_preassigned(index, X[rows], width, probes[rows].astype(np.int64))
+    index.add(X)
+    dist = np.empty((n, min(k + 1, n)), dtype=np.float32)
+    idx = np.empty((n, min(k + 1, n)), dtype=np.int64)
+    step = 1 << 16
+    for lo in tqdm(range(0, n, step), desc="kNN (faiss IVF)", disable=not verbose, leave=False):
+        dist[lo:lo + step], idx[lo:lo + step] = index.search(X[lo:lo + step], min(k + 1, n))
     short = np.flatnonzero((idx < 0).any(axis=1))
     if len(short):  # fewer than k + 1 points in the probed lists: scan them all for these rows
         index.nprobe = lists
-        dist[short], idx[short] = index.search(X[short], width)
+        dist[short], idx[short] = index.search(X[short], min(k + 1, n))
     keep = _keep_mask(idx.astype(np.int64))
     nbrs = idx[keep].reshape(n, k).astype(np.int64)
     dist = dist[keep].reshape(n, k)

@@ -48,28 +48,6 @@ def test_default_search_is_approximate_but_close(blobs):
     assert (np.diff(dists, axis=1) >= 0).all()
 
 
-@pytest.mark.parametrize("metric", ["euclidean", "inner_product"])
-def test_one_coarse_pass_finds_what_faiss_own_add_and_search_find(blobs, metric):
-    """The rows' lists are computed once for adding and searching; faiss's own add and
-    search, which assign every row twice, give the same graph."""
-    import faiss
-
-    X = blobs / np.linalg.norm(blobs, axis=1, keepdims=True) if metric == "inner_product" else blobs
-    nbrs, dists = ivf_knn(X, 8, metric=metric, nlist=30, nprobe=3, seed=2, train_per_list=100)  # all rows
-    ip = metric == "inner_product"
-    quantizer = faiss.IndexFlatIP(16) if ip else faiss.IndexFlatL2(16)
-    index = faiss.IndexIVFFlat(quantizer, 16, 30, faiss.METRIC_INNER_PRODUCT if ip else faiss.METRIC_L2)
-    index.cp.seed = 2
-    index.train(X)
-    index.add(X)
-    index.nprobe = 3
-    ref_d, ref_i = index.search(X, 9)
-    assert (ref_i[:, 0] == np.arange(len(X))).all()  # every row finds itself first
-    np.testing.assert_array_equal(nbrs, ref_i[:, 1:])
-    expected = -ref_d[:, 1:] if ip else np.sqrt(np.maximum(ref_d[:, 1:], 0.0))
-    np.testing.assert_allclose(dists, expected, rtol=1e-6)
-
-
 def test_a_seed_fixes_the_graph_and_another_seed_changes_it(blobs):
     a, b, c = (ivf_knn(blobs, 8, seed=s, nprobe=2)[0] for s in (0, 0, 1))
     np.testing.assert_array_equal(a, b)
