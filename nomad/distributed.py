@@ -103,10 +103,12 @@ def _worker(rank: int, world_size: int, workdir: str, accelerator: str, timeout_
         spec.device = _device(accelerator, rank)
         spec.verbose = spec.verbose and rank == 0
         Y, comm = _train_rank(_load_shard(wd / f"shard{rank}.npz"), spec, world_size)
-        np.save(wd / f"Y{rank}.npy", Y)
+        np.save(wd / f"Y{rank}.tmp.npy", Y)
+        os.replace(wd / f"Y{rank}.tmp.npy", wd / f"Y{rank}.npy")
         stats = {"bytes_by_tag": comm.bytes_by_tag, "calls_by_tag": comm.calls_by_tag,
                  "loss_history": spec.loss_history}
-        (wd / f"stats{rank}.json").write_text(json.dumps(stats))
+        (wd / f"stats{rank}.tmp").write_text(json.dumps(stats))
+        os.replace(wd / f"stats{rank}.tmp", wd / f"stats{rank}.json")  # last: this rank is done
         dist.barrier()
     except RuntimeError as exc:
         lost = _peer_lost(exc, rank, world_size)
@@ -138,12 +140,16 @@ def run_sharded(shards: list[Shard], spec: TrainSpec, accelerator: str,
             mp.spawn(_worker, args=(world_size, str(wd), accelerator, timeout_s),
                      nprocs=world_size, join=True)
         except mp.ProcessExitedException as exc:  # killed by a signal or exited without an error
-            hint = ("SIGKILL usually means the out-of-memory killer or the job's memory limit: use "
-                    "more devices or a machine with more memory." if exc.signal_name == "SIGKILL"
-                    else "Its output above says why.")
-            raise PeerLostError(
-                f"NOMAD worker process {exc.error_index} of {world_size} died ({exc}); the other "
-                f"workers were stopped. {hint}") from exc
+            if not _all_done(wd, world_size):
+                hint = ("SIGKILL usually means the out-of-memory killer or the job's memory limit: "
+                        "use more devices or a machine with more memory."
+                        if exc.signal_name == "SIGKILL" else "Its output above says why.")
+                raise PeerLostError(
+                    f"NOMAD worker process {exc.error_index} of {world_size} died ({exc}); the "
+                    f"other workers were stopped. {hint}") from exc
+            log.warning("NOMAD worker process %d of %d died after every worker had saved its "
+                        "results (%s), while closing its process group; the results are complete "
+                        "and kept", exc.error_index, world_size, exc)
         finally:
             for k, v in saved.items():
                 if v is None:
@@ -154,6 +160,11 @@ def run_sharded(shards: list[Shard], spec: TrainSpec, accelerator: str,
         stats = [json.loads((wd / f"stats{r}.json").read_text()) for r in range(world_size)]
     spec.loss_history[:] = stats[0]["loss_history"]
     return Ys, stats
+
+
+def _all_done(wd: Path, world_size: int) -> bool:
+    """Whether every rank saved its embedding and stats (each written atomically, stats last)."""
+    return all((wd / f"stats{r}.json").exists() for r in range(world_size))
 
 
 def _run_joined(shards: list[Shard], spec: TrainSpec, accelerator: str,

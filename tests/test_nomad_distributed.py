@@ -10,6 +10,7 @@ NP@10 runs are marked slow.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -498,3 +499,45 @@ def test_joined_run_keeps_the_callers_group(four_cell_index, one_rank_group):
     idx, Y0 = four_cell_index
     distributed.run_sharded(make_shards(idx, Y0, 1), spec_for("remote"), "cpu", timeout_s=30)
     assert one_rank_group.is_initialized()
+
+
+# -- a worker dying after its results are saved ------------------------------------------------------
+def _spawn_that_dies_in_teardown(saved_ranks):
+    """A stand-in for mp.spawn: the ranks in saved_ranks save their results as _worker does,
+    then process 0 dies of SIGABRT (as gloo's teardown can: "terminate called without an
+    active exception")."""
+    import torch.multiprocessing as mp
+
+    def spawn(fn, args=(), nprocs=1, join=True, **kwargs):
+        wd = Path(args[1])
+        for r in saved_ranks:
+            np.save(wd / f"Y{r}.npy", np.full((3, 2), r, dtype=np.float32))
+            (wd / f"stats{r}.json").write_text(json.dumps({"loss_history": [float(r)]}))
+        raise mp.ProcessExitedException("process 0 terminated with signal SIGABRT", error_index=0,
+                                        error_pid=1, exit_code=-6, signal_name="SIGABRT")
+
+    return spawn
+
+
+def _run_with_spawn(monkeypatch, saved_ranks):
+    import types
+
+    import torch.multiprocessing as mp
+
+    monkeypatch.setattr(distributed, "_save_shard", lambda path, shard: None)
+    monkeypatch.setattr(mp, "spawn", _spawn_that_dies_in_teardown(saved_ranks))
+    spec = types.SimpleNamespace(loss_history=[])
+    Ys, _ = distributed.run_sharded([types.SimpleNamespace(rank=r) for r in range(2)], spec, "cpu")
+    return Ys, spec
+
+
+def test_a_worker_dying_after_every_rank_saved_keeps_the_results(monkeypatch, caplog):
+    with caplog.at_level(logging.WARNING, logger="nomad.distributed"):
+        Ys, spec = _run_with_spawn(monkeypatch, (0, 1))
+    assert [Y[0, 0] for Y in Ys] == [0.0, 1.0] and spec.loss_history == [0.0]
+    assert "after every worker had saved its results" in caplog.text
+
+
+def test_a_worker_dying_before_saving_fails_the_job(monkeypatch):
+    with pytest.raises(distributed.PeerLostError, match="process 0 of 2 died"):
+        _run_with_spawn(monkeypatch, (1,))
