@@ -13,6 +13,7 @@ from test_figures import figure_config, figure_files, task  # tests/test_figures
 from experiments.figures import parametric
 from experiments.figures.__main__ import make_figure
 from experiments.figures._common import method_plan
+from nebench.data.dataset import Dataset
 from nebench.errors import InputError
 from nebench.runner import warm_up
 
@@ -75,6 +76,7 @@ def no_data(monkeypatch: pytest.MonkeyPatch) -> None:
         (["figure.references=[umap]"], "compared"),
         (["figure.k=0"], "figure.k"),
         (["figure.n_test=0"], "figure.n_test"),
+        (["figure.n_train=1"], "figure.n_train"),
         (["+methods.neg_tsne.bogus=1"], "bogus"),
         (["~methods.umap", "~methods.infonc_tsne", "~methods.neg_tsne"], "compares none"),
     ],
@@ -124,7 +126,10 @@ def reduced(tmp_path_factory, one_thread) -> tuple[pd.DataFrame, list[str]]:
 def test_reduced_figure_writes_one_row_per_method_and_mode(reduced) -> None:
     table, files = reduced
     assert files == ["parametric.md", "parametric.png"]
-    assert len(table) == 2 * len(parametric.METHODS)
+    # per method: the parametric transform, the free map's refit and its placement in the fixed map
+    assert len(table) == 3 * len(parametric.METHODS)
+    assert sorted(table["held-out by"]) == sorted(
+        [parametric.TRANSFORM, parametric.REFIT, parametric.PLACE] * len(parametric.METHODS))
     numbers = table.drop(columns=["method", "mode", "held-out by", "speed-up"])
     assert np.isfinite(numbers.to_numpy(float)).all()
 
@@ -135,11 +140,39 @@ def test_transform_places_held_out_points_well_and_faster_than_a_refit(reduced) 
     (kNN accuracy far above the 0.1 of chance and within 0.15 of a refit's; at this budget
     UMAP's is 0.11 below, 0.06 at 300 epochs), in a fraction of the time a non-parametric
     method needs to refit."""
-    table = reduced[0].set_index(["method", "mode"])
+    table = reduced[0].set_index(["method", "mode", "held-out by"])
     for name in parametric.METHODS.values():
-        trans, refit = table.loc[(name, "parametric")], table.loc[(name, "non-parametric")]
-        assert trans["held-out by"] == parametric.TRANSFORM
+        trans = table.loc[(name, "parametric", parametric.TRANSFORM)]
+        refit = table.loc[(name, "non-parametric", parametric.REFIT)]
         assert trans["held-out kNN acc"] > 0.8, table
         assert trans["held-out kNN acc"] > refit["held-out kNN acc"] - 0.15, table
         assert trans["held-out (s)"] < refit["held-out (s)"] / 10, table
         assert trans["speed-up"] == pytest.approx(refit["held-out (s)"] / trans["held-out (s)"])
+
+
+@pytest.mark.slow
+def test_the_free_map_places_held_out_points_into_its_own_train_map(reduced) -> None:
+    """The free map's transform (openTSNE's: new points optimised against the fixed map) scores
+    the held-out rows against the same train embedding the non-parametric row measured, by
+    class like the refit, and in less time than the refit."""
+    table = reduced[0].set_index(["method", "mode", "held-out by"])
+    for name in parametric.METHODS.values():
+        place = table.loc[(name, "non-parametric", parametric.PLACE)]
+        refit = table.loc[(name, "non-parametric", parametric.REFIT)]
+        assert place["NP@k"] == refit["NP@k"]  # one train fit, two ways to add the new rows
+        assert place["held-out kNN acc"] > refit["held-out kNN acc"] - 0.1, table
+        assert place["held-out (s)"] < refit["held-out (s)"], table
+
+
+def test_n_train_subsamples_the_train_rows_and_keeps_every_held_out_row() -> None:
+    X = np.arange(100, dtype=np.float32)[:, None].repeat(3, 1)
+    data = Dataset(X=X, y=np.arange(100) % 10, n_train=80, name="toy")
+    split = parametric._split(data, None, seed=0, n_train=30)
+    assert len(split.X_train) == 30 and len(split.X_test) == 20
+    assert set(split.X_train[:, 0]) < set(range(80)) and list(split.X_test[:, 0]) == list(range(80, 100))
+    assert (split.y_train == split.X_train[:, 0].astype(int) % 10).all()
+    again = parametric._split(data, None, seed=0, n_train=30)
+    other = parametric._split(data, None, seed=1, n_train=30)
+    assert (again.X_train == split.X_train).all() and not (other.X_train == split.X_train).all()
+    with pytest.raises(InputError, match="figure.n_train=81"):
+        parametric._split(data, None, seed=0, n_train=81)
