@@ -30,10 +30,13 @@ class MLPEncoder(torch.nn.Sequential):
 
 @torch.no_grad()
 def embed(encoder: torch.nn.Module, X, batch_size: int = 65536, device: str = "cpu") -> np.ndarray:
-    """``encoder(X)`` in batches, as float32 numpy (X may be a memmap)."""
+    """``encoder(X)`` in batches, as float32 numpy (X: a tensor, an array or a memmap)."""
     out = np.empty((len(X), 2), dtype=np.float32)
     for lo in range(0, len(X), batch_size):
-        xb = torch.as_tensor(np.array(X[lo:lo + batch_size], dtype=np.float32), device=device)
+        xb = X[lo:lo + batch_size]
+        if not isinstance(xb, torch.Tensor):
+            xb = np.asarray(xb, dtype=np.float32)
+        xb = torch.as_tensor(xb, dtype=torch.float32, device=device)
         out[lo:lo + batch_size] = encoder(xb).cpu().numpy()
     return out
 
