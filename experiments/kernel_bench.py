@@ -21,7 +21,8 @@ import time
 import numba
 import numpy as np
 
-from nomad.cpu_kernel import fused_edge_epoch, fused_epoch
+from nomad.cpu_kernel import epoch_workspace, fused_edge_epoch, fused_epoch
+from nomad.optimize import group_size
 
 
 def _best(call, repeats: int) -> float:
@@ -55,9 +56,11 @@ def heads_epoch(n: int, repeats: int, k: int = 8, S: int = 256, G: int = 1, layo
         dom_lo, dom_n = lo[cell], size
     # a group's heads from its first head's cell (the engine), or from all rows (before 2026-12-04)
     group_lo, group_n = (lo[cell], size) if group_domain == "cell" else (np.zeros(n, np.int64), np.full(n, n))
-    args = (Y, np.zeros_like(Y), nbrs, p, dom_lo, dom_n, group_lo, group_n, n, 10_000.0, S, G, n // 10,
+    B = n // 10
+    args = (Y, np.zeros_like(Y), nbrs, p, dom_lo, dom_n, group_lo, group_n, n, 10_000.0,
             np.full(10, 1e-3), 0.8, 0.0, mu, c_mu, cell, approximate == "others", False, 1.0, 0, 0,
-            1.0, 0.0, False, 1e-3, 1.0, 1.0, 3, numba.get_num_threads())
+            1.0, 0.0, False, 1e-3, 1.0, 1.0, 3, numba.get_num_threads(),
+            epoch_workspace(n, B, k, S, group_size(B, G)))
     return _best(lambda: fused_epoch(*args), repeats)
 
 

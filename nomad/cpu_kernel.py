@@ -359,9 +359,33 @@ sgd_rows_serial = numba.njit(cache=True, error_model="numpy")(_sgd_rows)
 
 
 @numba.njit(cache=True, error_model="numpy")
-def fused_epoch(Y, velocity, nbrs, p, dom_lo, dom_n, cell_lo, cell_n, n_total, n_noise, S, G, B, lrs, momentum, clip,
+def epoch_workspace(n, B, K, S, G):
+    """The arrays :func:`fused_epoch` reuses in every step of every epoch of a fit: the
+    gradient (n, 2), zero between steps; the B heads, their (B, K) positives, the ceil(B/G)
+    groups' S noise points, the heads' noise weights and excluded cells; and a
+    :func:`workspace`. Allocated once per fit: fresh ones every epoch or step (numba's
+    ``nbrs[heads]`` allocates) cost their page faults again, 0.5 s an epoch at 10M."""
+    Bg = -(-B // G)
+    return (np.zeros((n, 2), dtype=np.float32), np.empty(B, dtype=np.int64), np.empty((B, K), dtype=np.int64),
+            np.empty((Bg, S), dtype=np.int64), np.empty(B, dtype=np.float32),
+            np.full(B, -1, dtype=np.int64), workspace(B, K, S, G))
+
+
+def _gather_rows(table, rows, out):
+    """``out[:] = table[rows]``, into an existing array."""
+    for h in numba.prange(rows.shape[0]):
+        for j in range(table.shape[1]):
+            out[h, j] = table[rows[h], j]
+
+
+gather_rows = numba.njit(parallel=True, cache=True, error_model="numpy")(_gather_rows)
+gather_rows_serial = numba.njit(cache=True, error_model="numpy")(_gather_rows)
+
+
+@numba.njit(cache=True, error_model="numpy")
+def fused_epoch(Y, velocity, nbrs, p, dom_lo, dom_n, cell_lo, cell_n, n_total, n_noise, lrs, momentum, clip,
                 mu, c_mu, head_cell, exclude_own, pool, rho, loss_kind, kernel_kind, alpha, log_nu,
-                learn_nu, lr_nu, a, b, seed, n_threads):
+                learn_nu, lr_nu, a, b, seed, n_threads, arrays):
     """One epoch of SGD steps, all in compiled code (the CPU fast path).
 
     Each step draws B heads uniformly, in groups of G from one cell [cell_lo, cell_lo + cell_n),
@@ -369,26 +393,25 @@ def fused_epoch(Y, velocity, nbrs, p, dom_lo, dom_n, cell_lo, cell_n, n_total, n
     counter-based from ``seed``, so the result does not depend on the thread count), computes the batch gradient with
     :func:`batch_forces`, clips it, and takes an SGD step with momentum (torch's rule:
     v = momentum v + g; y -= lr v) at ``lrs[step]``. NCE's log(nu) takes plain SGD steps
-    at ``lr_nu``. Returns the first step's mean loss per head and the final log(nu).
+    at ``lr_nu``. ``arrays``: an :func:`epoch_workspace`, whose shapes give B, G and S.
+    Returns the first step's mean loss per head and the final log(nu).
     """
     n_local = Y.shape[0]
-    grad = np.zeros_like(Y)
-    heads = np.empty(B, dtype=np.int64)
-    noise = np.empty((-(-B // G), S), dtype=np.int64)
-    c_noise = np.empty(B, dtype=np.float32)
-    exclude = np.full(B, -1, dtype=np.int64)
+    grad, heads, pos, noise, c_noise, exclude, work = arrays
+    B, S = heads.shape[0], noise.shape[1]
     first_loss = 0.0
     parallel = B * (nbrs.shape[1] + S + mu.shape[0]) >= PARALLEL_MIN_PAIRS
-    work = workspace(B, nbrs.shape[1], S, G)
     for step in range(lrs.shape[0]):
         base = _mix(np.uint64(seed) * np.uint64(1_000_003) + np.uint64(step)) * np.uint64(1 << 20)
         draw_args = (heads, noise, c_noise, exclude, dom_lo, dom_n, cell_lo, cell_n, head_cell,
                      exclude_own, pool, nbrs, n_local, n_noise, n_total, base)
         if parallel:
             draw(*draw_args)
+            gather_rows(nbrs, heads, pos)
         else:
             draw_serial(*draw_args)
-        args = (Y, heads, nbrs[heads], p, noise, c_noise, mu, c_mu, exclude, rho, loss_kind,
+            gather_rows_serial(nbrs, heads, pos)
+        args = (Y, heads, pos, p, noise, c_noise, mu, c_mu, exclude, rho, loss_kind,
                 kernel_kind, alpha, np.exp(log_nu), a, b, grad, step == 0)
         value, log_nu = _forces(args, parallel, n_threads, True, work, learn_nu, lr_nu, log_nu)
         first_loss = value if step == 0 else first_loss

@@ -382,20 +382,21 @@ class _ShardTrainer:
         """One epoch in the compiled CPU loop (:func:`nomad.cpu_kernel.fused_epoch`)."""
         import numba
 
-        from .cpu_kernel import fused_epoch
+        from .cpu_kernel import epoch_workspace, fused_epoch
 
         spec, loss_fn = self.spec, self.loss
         if not hasattr(self, "_velocity"):
             self._velocity = np.zeros_like(self.Y.data.numpy())
             self._dom_lo, self._dom_n = (t.numpy() for t in self._domain(torch.arange(self.n_local)))
+            self._arrays = epoch_workspace(self.n_local, self.B, self.nbrs.shape[1], spec.noise_samples,
+                                           group_size(self.B, spec.noise_group))
         loss_kind, kernel_kind, alpha, nu, a, b = loss_fn.fused()
         learn_nu = isinstance(getattr(loss_fn, "log_z", None), torch.nn.Parameter)
         no_mu = mu is None
         value, log_nu = fused_epoch(
             self.Y.data.numpy(), self._velocity, self.nbrs.numpy(), self.p[0].numpy(),
             self._dom_lo, self._dom_n, self.cell_lo.numpy(), self.cell_n.numpy(), self.shard.n_total,
-            float(spec.n_noise), spec.noise_samples,
-            group_size(self.B, spec.noise_group), self.B, lrs, float(spec.momentum), float(spec.clip_grad or 0.0),
+            float(spec.n_noise), lrs, float(spec.momentum), float(spec.clip_grad or 0.0),
             np.zeros((0, 2), np.float32) if no_mu else mu.numpy(),
             np.zeros(0, np.float32) if no_mu else self._c_mu.numpy(),
             self.cell.numpy(), spec.approximate == "others", spec.noise == "batch_neighbors",
@@ -403,7 +404,7 @@ class _ShardTrainer:
             float(alpha), math.log(nu) if nu > 0 else 0.0, learn_nu, LR_LOG_Z * self.aggregation_scale(),
             float(a), float(b),
             (spec.seed * 1_000_003 + self.shard.rank * 10_007 + spec.first_epoch + epoch) % (2**32),
-            numba.get_num_threads())
+            numba.get_num_threads(), self._arrays)
         if learn_nu:
             loss_fn.log_z.data.fill_(log_nu - math.log(loss_fn.m))
         return float(value)
