@@ -121,8 +121,8 @@ def workspace(B, K, S, G=1):
     the positives' positions, then forces (B, 2, K), the noise points' positions and summed forces
     (ceil(B/G), 2, S) each, and one head's noise kernels per group (ceil(B/G), S). The noise
     arrays hold x and y in separate rows (structure of arrays): interleaved (S, 2) rows kept
-    LLVM from vectorizing the noise loops, 7x slower. Allocated once per epoch: fresh ones
-    every step cost page faults that, at 10^5 heads a step, took 40% of the time."""
+    LLVM from vectorizing the noise loops, 7x slower. Allocated once, not every step: fresh
+    ones cost page faults that, at 10^5 heads a step, took 40% of the time."""
     Bg = -(-B // G)
     return (np.empty((B, 2, K), dtype=np.float32), np.empty((Bg, 2, S), dtype=np.float32),
             np.empty((Bg, 2, S), dtype=np.float32), np.empty((Bg, S), dtype=np.float32))
@@ -364,7 +364,7 @@ def epoch_workspace(n, B, K, S, G):
     gradient (n, 2), zero between steps; the B heads, their (B, K) positives, the ceil(B/G)
     groups' S noise points, the heads' noise weights and excluded cells; and a
     :func:`workspace`. Allocated once per fit: fresh ones every epoch or step (numba's
-    ``nbrs[heads]`` allocates) cost their page faults again, 0.5 s an epoch at 10M."""
+    ``nbrs[heads]`` allocates) cost their page faults again: 7-25% of an epoch at 10M (README)."""
     Bg = -(-B // G)
     return (np.zeros((n, 2), dtype=np.float32), np.empty(B, dtype=np.int64), np.empty((B, K), dtype=np.int64),
             np.empty((Bg, S), dtype=np.int64), np.empty(B, dtype=np.float32),
