@@ -556,6 +556,8 @@ def dist_worker(spec: dict[str, Any]) -> None:
         return all_gather(out, tensor, *args, **kwargs)
 
     dist.all_gather = recording_all_gather
+    from nomad import NOMAD  # before the group exists (nomad/distributed.py says why)
+
     dist.init_process_group(spec["backend"], rank=rank, world_size=world,
                             timeout=timedelta(seconds=spec["timeout"]))
 
@@ -566,8 +568,6 @@ def dist_worker(spec: dict[str, Any]) -> None:
             dist.barrier()
 
     X, y = _dist_data(spec, np)
-    from nomad import NOMAD
-
     t0 = time.perf_counter()
     model = NOMAD(n_epochs=spec["n_epochs"], accelerator=spec["accelerator"], devices=world,
                   random_state=0)

@@ -25,6 +25,14 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+# torch.distributed.nn.functional binds ``group=group.WORLD`` as a default argument when it is
+# first imported, and torch.optim imports it (through torch._dynamo) when the trainer builds
+# its optimizer. Imported after init_process_group, it holds that group for good:
+# destroy_process_group() no longer frees it, gloo's worker threads outlive it, and one that
+# frees a tensor while the interpreter exits aborts the process ("terminate called without
+# an active exception"). Imported here, before nomad makes any group, it binds None.
+import torch.distributed.nn.functional
+
 from .optimize import Comm, Shard, TrainSpec, train_shard
 
 log = logging.getLogger(__name__)

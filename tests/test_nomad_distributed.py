@@ -164,6 +164,7 @@ def test_cpu_workers_share_the_cores(two_process_fit):
 def test_torchrun_joins_the_process_group_and_matches_spawn(two_process_fit, tmp_path):
     script = tmp_path / "job.py"
     script.write_text(textwrap.dedent(f"""
+        import glob
         import os
         import sys
         import numpy as np
@@ -178,6 +179,10 @@ def test_torchrun_joins_the_process_group_and_matches_spawn(two_process_fit, tmp
             np.save(sys.argv[1], Y)
             print("CALLS", model.comm_stats_[1]["calls_by_tag"]["cell_means"])
         assert not dist.is_initialized()  # nomad closes the group it created
+        # ... and frees it: gloo's threads of a group that outlives destroy_process_group()
+        # can abort the interpreter's exit
+        gloo = [t for t in glob.glob("/proc/self/task/*/comm") if "gloo" in open(t).read()]
+        assert not gloo, f"{{len(gloo)}} gloo threads outlive the process group"
     """))
     out = tmp_path / "Y.npy"
     proc = subprocess.run(
