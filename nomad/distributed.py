@@ -123,8 +123,10 @@ def _worker(rank: int, world_size: int, workdir: str, accelerator: str, timeout_
         if lost is None:
             raise
         raise lost from exc
-    finally:
-        dist.destroy_process_group()
+    # Not in a ``finally``: after an error the group stays up until this process exits, so its
+    # peers learn of the failure only once this worker has reported it, and spawn, which
+    # re-raises the error of the first worker to exit, names the cause, not a lost peer.
+    dist.destroy_process_group()
 
 
 def run_sharded(shards: list[Shard], spec: TrainSpec, accelerator: str,
