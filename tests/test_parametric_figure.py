@@ -164,6 +164,25 @@ def test_the_free_map_places_held_out_points_into_its_own_train_map(reduced) -> 
         assert place["held-out (s)"] < refit["held-out (s)"], table
 
 
+def test_the_plot_draws_each_train_fit_once(monkeypatch, tmp_path) -> None:
+    """The free map's refit and placement share one train fit: one train panel, not two."""
+    titles: list[str] = []
+    monkeypatch.setattr(parametric, "scatter", lambda ax, Y, labels, title: titles.append(title))
+    Y, y = np.zeros((4, 2)), np.arange(4)
+    split = parametric.Split(Y, Y, y, y, "toy")
+    free, encoder = (parametric.Fit(None, Y, 1.0) for _ in range(2))
+    runs = [parametric.Run("M", "non-parametric", free, Y, Y, parametric.REFIT, 2.0),
+            parametric.Run("M", "non-parametric", free, Y, Y, parametric.PLACE, 0.1),
+            parametric.Run("M", "parametric", encoder, Y, Y, parametric.TRANSFORM, 0.01)]  # fmt: skip
+    table = pd.DataFrame({"NP@k": [0.5] * 3, "held-out kNN acc": [0.9] * 3})
+    parametric._plot(runs, split, table, "toy", tmp_path / "toy.png")
+    assert [t.split("\n")[0] for t in titles] == [
+        "M, non-parametric: train", "M, non-parametric: held-out by refit",
+        "M, non-parametric: held-out by placed", "M, parametric: train",
+        "M, parametric: held-out by transform"]  # fmt: skip
+    assert (tmp_path / "toy.png").exists()
+
+
 def test_n_train_subsamples_the_train_rows_and_keeps_every_held_out_row() -> None:
     X = np.arange(100, dtype=np.float32)[:, None].repeat(3, 1)
     data = Dataset(X=X, y=np.arange(100) % 10, n_train=80, name="toy")

@@ -306,15 +306,19 @@ def _references(cfg: DictConfig, value: Any) -> list[str]:
 
 
 def _plot(runs: list[Run], split: Split, table: pd.DataFrame, title: str, path: Path) -> None:
-    """Per run two panels: the train embedding and the held-out rows' (coloured by label)."""
-    fig, axes = panel_grid(2 * len(runs), columns=4)
-    for i, (r, (_, row)) in enumerate(zip(runs, table.iterrows())):
+    """Per fit a panel of its train embedding, per run one of the held-out rows' (coloured by
+    label); a fit whose held-out rows are placed two ways (refit, placed) is drawn once."""
+    panels, drawn = [], set()
+    for r, (_, row) in zip(runs, table.iterrows()):
         name = f"{r.method}, {r.mode}"
-        scatter(axes[2 * i], r.train.Y, split.y_train, f"{name}: train\nNP={row['NP@k']:.2f}")
-        scatter(
-            axes[2 * i + 1], r.Y_test, split.y_test,
-            f"{name}: held-out by {r.how.split()[0]}\n{r.seconds:.3g} s, "
-            f"kNN acc={row['held-out kNN acc']:.2f}",
-        )  # fmt: skip
+        if id(r.train) not in drawn:
+            drawn.add(id(r.train))
+            panels.append((r.train.Y, split.y_train, f"{name}: train\nNP={row['NP@k']:.2f}"))
+        held_out = (f"{name}: held-out by {r.how.split()[0]}\n{r.seconds:.3g} s, "
+                    f"kNN acc={row['held-out kNN acc']:.2f}")  # fmt: skip
+        panels.append((r.Y_test, split.y_test, held_out))
+    fig, axes = panel_grid(len(panels), columns=4)
+    for ax, (Y, labels, label) in zip(axes, panels):
+        scatter(ax, Y, labels, label)
     fig.suptitle(title, fontsize=10)
     save_figure(fig, path)
