@@ -176,10 +176,10 @@ def test_the_plot_draws_each_train_fit_once(monkeypatch, tmp_path) -> None:
             parametric.Run("M", "parametric", encoder, Y, Y, parametric.TRANSFORM, 0.01)]  # fmt: skip
     table = pd.DataFrame({"NP@k": [0.5] * 3, "held-out kNN acc": [0.9] * 3})
     parametric._plot(runs, split, table, "toy", tmp_path / "toy.png")
-    assert [t.split("\n")[0] for t in titles] == [
-        "M, non-parametric: train", "M, non-parametric: held-out by refit",
-        "M, non-parametric: held-out by placed", "M, parametric: train",
-        "M, parametric: held-out by transform"]  # fmt: skip
+    assert [t.split(":")[0] for t in titles] == [
+        "M, non-parametric\ntrain", "M, non-parametric\nheld-out by refit",
+        "M, non-parametric\nheld-out by placed", "M, parametric\ntrain",
+        "M, parametric\nheld-out by transform"]  # fmt: skip
     assert (tmp_path / "toy.png").exists()
 
 

@@ -313,8 +313,8 @@ def _plot(runs: list[Run], split: Split, table: pd.DataFrame, title: str, path: 
         name = f"{r.method}, {r.mode}"
         if id(r.train) not in drawn:
             drawn.add(id(r.train))
-            panels.append((r.train.Y, split.y_train, f"{name}: train\nNP={row['NP@k']:.2f}"))
-        held_out = (f"{name}: held-out by {r.how.split()[0]}\n{r.seconds:.3g} s, "
+            panels.append((r.train.Y, split.y_train, f"{name}\ntrain: NP={row['NP@k']:.2f}"))
+        held_out = (f"{name}\nheld-out by {r.how.split()[0]}: {r.seconds:.3g} s, "
                     f"kNN acc={row['held-out kNN acc']:.2f}")  # fmt: skip
         panels.append((r.Y_test, split.y_test, held_out))
     fig, axes = panel_grid(len(panels), columns=4)
