@@ -7,7 +7,11 @@ applied in this order after :func:`check_data`:
 * ``n``: null = all rows, else a seeded random subsample of ``n`` rows (train rows stay first);
 * ``pca``: null = off, else the number of PCA dims (sklearn, ``random_state=seed``; above
   100k points fitted on a seeded 100k subsample and applied in chunks);
-* ``l2_normalize``: scale every row to unit Euclidean norm.
+* ``l2_normalize``: scale every row to unit Euclidean norm;
+* ``encoder_input``: what a parametric method's encoder reads: ``pca`` (default) the rows above,
+  ``raw`` the rows before PCA (``Dataset.X_encoder``, l2-normalised too where asked), as in the
+  ICLR paper's parametric runs (tsne-to-umap-contrastive: the network reads MNIST's 784 pixels,
+  the kNN graph comes from their PCA-50). The graph and the metrics always use ``X``.
 
 ``X`` always ends as C-contiguous float32; a float32 ``.npy`` stays memory-mapped when no
 preprocessing needs a copy. Relative file names are resolved against ``data_dir``.
@@ -35,6 +39,8 @@ __all__ = ["LOADERS", "Dataset", "check_data", "load_dataset"]
 log = logging.getLogger(__name__)
 
 _MISSING = "???"  # OmegaConf's mark for a value the user must set
+#: values of ``dataset.encoder_input`` (see the module docstring)
+ENCODER_INPUTS = ("pca", "raw")
 
 
 def _digits(data_dir: Path, seed: int, name: str) -> Dataset:
@@ -193,6 +199,10 @@ def load_dataset(cfg: Mapping, data_dir: str | PathLike, seed: int = 0) -> Datas
     l2 = params.pop("l2_normalize", False)
     if not isinstance(l2, bool):
         raise InputError(f"dataset.l2_normalize={l2!r} must be true or false")
+    encoder_input = params.pop("encoder_input", "pca")
+    if encoder_input not in ENCODER_INPUTS:
+        raise InputError(f"dataset.encoder_input={encoder_input!r} must be one of "
+                         f"{', '.join(ENCODER_INPUTS)}")
     kwargs = _loader_kwargs(loader, loader_name, params)
 
     ds = loader(Path(data_dir), seed, name, **kwargs)
@@ -201,7 +211,11 @@ def load_dataset(cfg: Mapping, data_dir: str | PathLike, seed: int = 0) -> Datas
         ds = preprocess.subsample(ds, n, seed)
     if n_pca is not None:  # casts chunk by chunk: no float32 copy of all the raw data
         X = preprocess.pca(ds.X, n_pca, seed)
-    else:
+        if encoder_input == "raw":
+            ds.X_encoder = preprocess.to_float32(ds.X)
+            if l2:
+                ds.X_encoder = preprocess.l2_normalize(ds.X_encoder)
+    else:  # no PCA: the encoder reads X either way
         X = preprocess.to_float32(ds.X)
     if l2:
         X = preprocess.l2_normalize(X)
@@ -254,7 +268,7 @@ def _loader_kwargs(loader: Callable[..., Dataset], loader_name: str, params: dic
         if key not in accepted:
             raise InputError(
                 f"unknown key dataset.{key} for loader {loader_name!r}: it takes "
-                f"{', '.join(accepted) or 'no parameters'} besides name, n, pca, l2_normalize"
+                f"{', '.join(accepted) or 'no parameters'} besides name, n, pca, l2_normalize, encoder_input"
             )
     for key, p in accepted.items():
         if params.get(key, p.default) in (inspect.Parameter.empty, _MISSING):

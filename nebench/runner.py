@@ -1,9 +1,10 @@
 """One run: one method on one dataset, measured as the NOMAD paper measures it.
 
 ``run`` checks the whole request before any heavy work (method parameters, devices, metric
-options, then the data), times ``method.fit_transform(X)`` (from the array in memory to the 2-D
-embedding, kNN and affinities included, metrics excluded; nomad-projection sec. 4.1), evaluates
-the embedding and writes the run contract into the Hydra run dir:
+options, then the data), times ``method.fit_transform(X)`` (``fit_transform(X_encoder, X_knn=X)``
+under ``dataset.encoder_input=raw``; from the array in memory to the 2-D embedding, kNN and
+affinities included, metrics excluded; nomad-projection sec. 4.1), evaluates the embedding
+and writes the run contract into the Hydra run dir:
 
 * ``config.yaml``: the resolved config;
 * ``embedding.npy``: n x 2 float32, rows in dataset order;
@@ -50,7 +51,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from metrics import evaluate
 from nebench.config import RUNTIME_KEYS
-from nebench.datasets import check_data, load_dataset
+from nebench.datasets import Dataset, check_data, load_dataset
 from nebench.devices import launch_rank, resolve_devices
 from nebench.errors import InputError
 from nebench.io import atomic_open
@@ -213,16 +214,38 @@ def _fit_with_holdout(plan: Plan, data, cfg: DictConfig) -> tuple[np.ndarray, fl
         raise InputError(f"holdout=true needs a test split, but dataset {data.name!r} has none "
                          "(n_train = n): use a dataset with one, such as mnist")
     start = time.perf_counter()
-    Y_train = plan.method.fit_transform(data.X[:n_train])
+    Y_train = _fit_rows(plan, data, slice(0, n_train))
     time_fit = time.perf_counter() - start
     start = time.perf_counter()
-    Y_test = plan.method.transform(data.X[n_train:])
+    Y_test = plan.method.transform(_encoder_rows(data)[n_train:])
     time_transform = time.perf_counter() - start
     Y_test = check_embedding(Y_test, len(data.X) - n_train, plan.name)
     scores = evaluate(data.X[n_train:], Y_test, None, None, **plan.metric_options, seed=cfg.seed)
     heldout = {f"heldout_{k}": v for k, v in scores.items()}
     heldout.update(time_transform_s=time_transform, transform_speedup=time_fit / max(time_transform, 1e-9))
     return np.concatenate([np.asarray(Y_train, dtype=np.float32), Y_test]), time_fit, heldout
+
+
+def _fit_rows(plan: Plan, data: Dataset, rows: slice) -> np.ndarray:
+    """``fit_transform`` on ``rows`` of the data; where the dataset gives the encoder its own
+    rows (``dataset.encoder_input=raw``), the encoder reads them and the kNN graph comes from X."""
+    if data.X_encoder is None:
+        return plan.method.fit_transform(data.X[rows])
+    return plan.method.fit_transform(data.X_encoder[rows], X_knn=data.X[rows])
+
+
+def _encoder_rows(data: Dataset) -> np.ndarray:
+    """The rows a parametric method's encoder reads (``transform``'s input)."""
+    return data.X if data.X_encoder is None else data.X_encoder
+
+
+def _check_encoder_input(cfg: DictConfig, plan: Plan) -> None:
+    """``dataset.encoder_input=raw`` is for parametric methods only (checked before loading)."""
+    dataset = cfg.get("dataset") or {}
+    if dataset.get("encoder_input", "pca") == "raw" and not plan.hyperparameters.get("parametric"):
+        raise InputError(f"dataset.encoder_input=raw feeds a parametric method's encoder, but {plan.name} "
+                         "is not parametric: set method.parametric=true (engine methods), or "
+                         "dataset.encoder_input=pca")
 
 
 def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
@@ -235,6 +258,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
             f.write(OmegaConf.to_yaml(resolved))
     results_file = check_results_path(cfg.results_file)
     plan = prepare(cfg)
+    _check_encoder_input(cfg, plan)
 
     data = load_dataset(cfg.dataset, cfg.paths.data_dir, cfg.seed)
     check_data(data.X, min_points=plan.min_points)
@@ -251,7 +275,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
             Y, time_total, heldout = _fit_with_holdout(plan, data, cfg)
         else:
             start = time.perf_counter()
-            Y = plan.method.fit_transform(data.X)
+            Y = _fit_rows(plan, data, slice(None))
             time_total = time.perf_counter() - start
     if rank != 0:  # every rank holds the whole embedding; one evaluates and records it
         log.info("rank %d of %d: fit done; rank 0 evaluates, writes the run's files and "

@@ -366,6 +366,21 @@ class ContrastiveEmbedding(EmbeddingMethod, BaseEstimator):
                 raise InputError("metric='inner_product' needs unit-norm rows: set dataset.l2_normalize=true "
                                  "or use method.metric=euclidean")
 
+    def _check_knn_rows(self, X: np.ndarray, X_knn: np.ndarray, knn_graph, index: IndexOptions) -> None:
+        """``fit``'s checks when the graph comes from ``X_knn`` and the encoder reads X."""
+        if knn_graph is not None:
+            raise InputError("give knn_graph (a graph computed elsewhere) or X_knn (rows to search it "
+                             "in), not both")
+        if not self.parametric:
+            raise InputError("X_knn needs parametric=True: free positions read the data only through "
+                             "the kNN graph (and the PCA start), so fit on the rows the graph should "
+                             "come from")
+        check_data(X, min_points=index.n_neighbors + 1)
+        self._check_data(X_knn, index)
+        if len(X_knn) != len(X):
+            raise InputError(f"X_knn has {len(X_knn)} rows and X {len(X)}: give one row of each per "
+                             "point, in the same order")
+
     def _resolve_accelerator(self, options: EngineOptions) -> str:
         accelerator, devices = options.devices.accelerator, options.devices.devices
         if accelerator == "auto":
@@ -376,16 +391,24 @@ class ContrastiveEmbedding(EmbeddingMethod, BaseEstimator):
         return accelerator
 
     # -- the pipeline ---------------------------------------------------------------------------
-    def fit(self, X: np.ndarray, y=None, *, knn_graph=None) -> ContrastiveEmbedding:
+    def fit(self, X: np.ndarray, y=None, *, knn_graph=None, X_knn=None) -> ContrastiveEmbedding:
         """Embed X: kNN graph -> initial positions -> ``n_epochs`` of SGD; returns ``self``
         with ``embedding_`` (n, 2), rows in input order.
 
         ``knn_graph`` skips the search: ``(indices, distances)`` of shape (n, >= k) in
         ascending distance, or a sparse (n, n) matrix of distances with at least k stored
         entries a row; entries of a point to itself are dropped, the k nearest others kept.
+        ``X_knn`` (parametric models only): the rows the graph is searched in, row i
+        describing the same point as ``X[i]``, when the encoder reads other features than the
+        graph comes from. The ICLR paper's parametric runs do so: the network reads MNIST's
+        784 pixels, the kNN graph comes from their PCA-50 (tsne-to-umap-contrastive; cne's
+        ``fit(X, graph=...)``). ``transform`` then takes rows like X's.
         ``y`` is ignored (scikit-learn's signature)."""
         options = self.options()
-        self._check_data(X, options.index)
+        if X_knn is not None:
+            self._check_knn_rows(X, X_knn, knn_graph, options.index)
+        else:
+            self._check_data(X, options.index)
         self._resolve_accelerator(options)  # asking for absent GPUs fails before the index is built
         n = len(X)
         if knn_graph is not None and options.devices.devices > 1:
@@ -404,7 +427,7 @@ class ContrastiveEmbedding(EmbeddingMethod, BaseEstimator):
             self.index_ = precomputed_index(knn_graph, n, int(options.index.n_neighbors))
             self.index_cached_, self.knn_index_ = False, "precomputed"
         else:
-            self._build_index(X, seed, options)
+            self._build_index(X if X_knn is None else X_knn, seed, options)
         if Y0 is None:
             with self._phase("init"):
                 Y0 = pca_init(X, options.init.init_scale, seed)
@@ -414,9 +437,9 @@ class ContrastiveEmbedding(EmbeddingMethod, BaseEstimator):
         self._run(X, Y0, int(options.schedule.n_epochs), None, options, exaggerate=True)
         return self
 
-    def fit_transform(self, X: np.ndarray, y=None, *, knn_graph=None) -> np.ndarray:
+    def fit_transform(self, X: np.ndarray, y=None, *, knn_graph=None, X_knn=None) -> np.ndarray:
         """``fit(X).embedding_``."""
-        return self.fit(X, knn_graph=knn_graph).embedding_
+        return self.fit(X, knn_graph=knn_graph, X_knn=X_knn).embedding_
 
     def optimize(self, n_epochs: int, *, learning_rate: float | None = None) -> ContrastiveEmbedding:
         """Continue optimising a fitted model for ``n_epochs`` more epochs from ``embedding_``

@@ -217,6 +217,25 @@ def test_pca_on_large_data_fits_a_subsample_and_transforms_in_chunks(monkeypatch
     assert Y.var(axis=0).sum() > 0.95 * full.explained_variance_.sum()
 
 
+def test_encoder_input_raw_keeps_the_rows_before_pca():
+    from sklearn.datasets import load_digits
+
+    raw = load_digits().data
+    kept = load_dataset({"loader": "digits", "pca": 10, "n": 500, "encoder_input": "raw"}, DATA_DIR)
+    pca_only = load_dataset({"loader": "digits", "pca": 10, "n": 500}, DATA_DIR)
+    assert kept.X.shape == (500, 10) and kept.X_encoder.shape == (500, 64)
+    assert kept.X_encoder.dtype == np.float32 and pca_only.X_encoder is None
+    np.testing.assert_array_equal(kept.X, pca_only.X)  # the graph's and the metrics' rows
+    # the same subsample, row for row: raw rows of digits, whose PCA is X
+    assert NearestNeighbors(n_neighbors=1).fit(raw).kneighbors(kept.X_encoder)[0].max() == 0
+    ref = PCA(n_components=10, random_state=0).fit_transform(kept.X_encoder)
+    np.testing.assert_allclose(np.abs(ref), np.abs(kept.X), atol=1e-3)
+    no_pca = load_dataset({"loader": "digits", "encoder_input": "raw"}, DATA_DIR)
+    assert no_pca.X_encoder is None  # without PCA the encoder reads X itself
+    with pytest.raises(InputError, match="encoder_input"):
+        load_dataset({"loader": "digits", "encoder_input": "pixels"}, DATA_DIR)
+
+
 def test_l2_normalize():
     ds = load_dataset({"loader": "digits", "l2_normalize": True}, DATA_DIR)
     np.testing.assert_allclose(np.linalg.norm(ds.X, axis=1), 1.0, rtol=1e-5)

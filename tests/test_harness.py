@@ -331,6 +331,40 @@ def test_holdout_places_the_test_split_with_a_free_map_transform(tmp_path: Path)
     assert 0 < metrics["heldout_np@10"] <= 1 and metrics["time_transform_s"] > 0
 
 
+def test_an_encoder_reads_the_raw_rows_and_the_graph_the_pca_rows(tmp_path: Path, monkeypatch) -> None:
+    """dataset.encoder_input=raw: a parametric fit and its transform read the rows before PCA,
+    the kNN graph and the metrics the PCA'd rows; a free-position method is refused."""
+    from nomad.engine import ContrastiveEmbedding
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(scale=6.0, size=(4, 30))
+    y = rng.integers(0, 4, 800)
+    X = (centres[y] + rng.normal(size=(800, 30))).astype(np.float32)
+    np.savez(tmp_path / "blobs.npz", X=X, y=y, n_train=600)
+    seen = []
+    fit, transform = ContrastiveEmbedding.fit, ContrastiveEmbedding.transform
+
+    def fit_spy(self, X, y=None, **kw):
+        seen.append(("fit", np.shape(X)[1], np.shape(kw["X_knn"])[1]))
+        return fit(self, X, y, **kw)
+
+    def transform_spy(self, X, **kw):
+        seen.append(("transform", np.shape(X)[1]))
+        return transform(self, X, **kw)
+
+    monkeypatch.setattr(ContrastiveEmbedding, "fit", fit_spy)
+    monkeypatch.setattr(ContrastiveEmbedding, "transform", transform_spy)
+    overrides = ["method=neg_tsne", "method.n_epochs=30", "method.hidden=[32]", "dataset=vectors",
+                 f"dataset.path={tmp_path / 'blobs.npz'}", "+dataset.pca=5", "holdout=true",
+                 "+dataset.encoder_input=raw", "trainer.accelerator=cpu", "trainer.warmup=false",
+                 f"results_file={tmp_path}/r.jsonl", "method.cache_dir=null"]  # fmt: skip
+    metrics = run(task_config([*overrides, "method.parametric=true"]), tmp_path)
+    assert seen == [("fit", 30, 5), ("transform", 30)]
+    assert metrics["dim"] == 5 and metrics["knn_acc"] > 0.9
+    with pytest.raises(InputError, match="not parametric"):
+        run(task_config(overrides), tmp_path)
+
+
 def test_run_writes_the_contract_and_one_row_and_two_runs_get_two_dirs(tmp_path: Path) -> None:
     """Two runs started together (same second) from another cwd: own dirs, one row each."""
     needs_method("pca")

@@ -21,6 +21,7 @@ import torch
 from scipy import sparse
 from sklearn.base import clone
 from sklearn.datasets import load_digits
+from sklearn.decomposition import PCA
 from sklearn.neighbors import KNeighborsClassifier, NearestNeighbors, kneighbors_graph
 
 from nomad import NOMAD, InfoNCTSNE, InputError, NCVis, NegTSNE, UMAPLoss
@@ -199,6 +200,26 @@ def test_precomputed_knn_graph_as_arrays_or_sparse_matrix(digits):
         NOMAD(**kw).fit(X, knn_graph=sparse.eye(10))
     with pytest.raises(InputError, match="devices=1"):
         NOMAD(devices=2, accelerator="cpu", **kw).fit(X, knn_graph=graph)
+
+
+def test_an_encoder_can_read_other_rows_than_the_graph_comes_from(digits):
+    """X_knn: the graph from PCA rows, the encoder reading the raw ones (the ICLR paper's
+    parametric runs: pixels in, graph from PCA-50)."""
+    X, y = digits[0][:600], digits[1][:600]
+    X_pca = PCA(20, random_state=0).fit_transform(X).astype(np.float32)
+    kw = {"n_epochs": 60, "n_neighbors": 8, "parametric": True, "hidden": (32,), "random_state": 0}
+    on_pca = NegTSNE(**kw).fit(X_pca)
+    model = NegTSNE(**kw).fit(X, X_knn=X_pca)
+    np.testing.assert_array_equal(model.index_.neighbors, on_pca.index_.neighbors)
+    assert model.encoder_[0].in_features == 64 and on_pca.encoder_[0].in_features == 20
+    np.testing.assert_allclose(model.transform(X), model.embedding_, atol=1e-5)
+    assert held_out_accuracy(model.embedding_[:500], y[:500], model.transform(X[500:]), y[500:]) > 0.7
+    with pytest.raises(InputError, match="parametric=True"):
+        NegTSNE(n_epochs=2, n_neighbors=8).fit(X, X_knn=X_pca)
+    with pytest.raises(InputError, match="not both"):
+        NegTSNE(**kw).fit(X, X_knn=X_pca, knn_graph=(on_pca.index_.neighbors, on_pca.index_.distances))
+    with pytest.raises(InputError, match="one row of each"):
+        NegTSNE(**kw).fit(X, X_knn=X_pca[:500])
 
 
 def test_callbacks_see_every_epoch_and_can_stop(digits):

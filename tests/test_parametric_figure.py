@@ -47,15 +47,20 @@ def test_a_protocol_sets_both_modes_and_the_parametric_epochs(tmp_path) -> None:
     without it the parametric mode keeps the figure's own 100 epochs, and umap-learn its defaults."""
     with figure_config(["experiment=parametric", "protocol=damrich_iclr"], tmp_path) as cfg:
         modes = parametric._modes(cfg.figure.modes)
-        free = method_plan(cfg, "infonc_tsne", **modes["non-parametric"]).method
-        encoder = method_plan(cfg, "neg_tsne", **modes["parametric"]).method
+        plans = [method_plan(cfg, "infonc_tsne", **modes["non-parametric"]),
+                 method_plan(cfg, "neg_tsne", **modes["parametric"])]  # fmt: skip
+        free, encoder = (plan.method for plan in plans)
         umap_learn = method_plan(cfg, "umap_learn").method
+        # the paper's network reads MNIST's pixels: the figure loads them for parametric fits
+        assert parametric._dataset_config(cfg, plans)["encoder_input"] == "raw"
+        assert parametric._dataset_config(cfg, plans[:1]).encoder_input == "pca"
     assert (free.sampling, free.batch_size, free.learning_rate) == ("edges", 1024, 0.5)
     assert (encoder.sampling, encoder.batch_size, encoder.parametric) == ("heads", 68, True)
     assert free.n_epochs == encoder.n_epochs == 750
     assert not hasattr(umap_learn, "sampling")
     with figure_config(["experiment=parametric"], tmp_path) as cfg:
         assert parametric._modes(cfg.figure.modes)["parametric"]["n_epochs"] == 100
+        assert parametric._dataset_config(cfg, plans) is cfg.dataset  # no protocol: as configured
 
 
 @pytest.fixture
@@ -195,3 +200,20 @@ def test_n_train_subsamples_the_train_rows_and_keeps_every_held_out_row() -> Non
     assert (again.X_train == split.X_train).all() and not (other.X_train == split.X_train).all()
     with pytest.raises(InputError, match="figure.n_train=81"):
         parametric._split(data, None, seed=0, n_train=81)
+
+
+def test_parametric_fits_read_the_encoder_rows_and_the_graph_the_pca_rows(tmp_path) -> None:
+    """Where the split carries encoder rows (the protocol's raw pixels), the parametric fit and
+    its transform read them, and the kNN graph comes from the PCA'd rows."""
+    with figure_config(["experiment=parametric_reduced"], tmp_path) as cfg:
+        plan = method_plan(cfg, "neg_tsne", parametric=True, n_epochs=5, hidden=[16])
+    rng = np.random.default_rng(0)
+    raw = rng.normal(size=(300, 30)).astype(np.float32)
+    pca = raw[:, :5].copy()
+    split = parametric.Split(X_train=pca[:250], X_test=pca[250:], y_train=None, y_test=None,
+                             how="test", encoder_train=raw[:250], encoder_test=raw[250:])  # fmt: skip
+    (run,) = parametric._run("Neg-t-SNE", "parametric", plan, lambda: plan, split)
+    assert plan.method.encoder_[0].in_features == 30
+    assert run.how == parametric.TRANSFORM and run.Y_test.shape == (50, 2)
+    graph = method_plan(cfg, "neg_tsne", parametric=True, n_epochs=1, hidden=[16]).method.fit(pca[:250])
+    np.testing.assert_array_equal(plan.method.index_.neighbors, graph.index_.neighbors)

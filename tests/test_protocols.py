@@ -176,6 +176,8 @@ def test_damrich_iclr_sets_the_papers_protocol_on_every_engine_method(name, para
     assert params["batch_size"] == (68 if parametric else 1024)
     assert params["spectrum_exaggeration_epochs"] == (250 if name in WITH_SPECTRUM else 0)
     assert params["parametric"] is parametric
+    # the paper's network reads the raw features (MNIST's pixels), its graph the PCA'd rows
+    assert cfg.dataset.encoder_input == ("raw" if parametric else "pca")
     # SGD at 1.0 with sum aggregation ("auto"), but 0.5 for InfoNC-t-SNE, whose loss cne halves;
     # Adam at 1e-3 ("auto")
     halved = name == "infonc_tsne" and not parametric

@@ -76,12 +76,14 @@ def method_plan(cfg: DictConfig, key: str, **params: Any) -> Plan:
     return prepare(run_cfg)
 
 
-def fit(plan: Plan, X: np.ndarray) -> Fit:
-    """Run ``plan.method.fit_transform(X)``. Its time is the sum of the method's phases
-    (``timings_``: kNN included, nomad-projection sec. 4.1), which leaves out one-off work such
-    as numba's compilation in umap-learn; the wall time where a method reports no phases."""
+def fit(plan: Plan, X: np.ndarray, X_knn: np.ndarray | None = None) -> Fit:
+    """Run ``plan.method.fit_transform(X)`` (with ``X_knn``, the rows its kNN graph comes from,
+    where given: a parametric encoder reading raw rows). Its time is the sum of the method's
+    phases (``timings_``: kNN included, nomad-projection sec. 4.1), which leaves out one-off
+    work such as numba's compilation in umap-learn; the wall time where a method reports no
+    phases."""
     start = time.perf_counter()
-    Y = plan.method.fit_transform(X)
+    Y = plan.method.fit_transform(X) if X_knn is None else plan.method.fit_transform(X, X_knn=X_knn)
     seconds = sum(getattr(plan.method, "timings_", {}).values()) or time.perf_counter() - start
     log.info("%s: %.1f s", plan.name, seconds)
     return Fit(plan=plan, Y=check_embedding(Y, len(X), plan.name), seconds=seconds)

@@ -32,8 +32,12 @@ The speed-up is the non-parametric refit time of the method over the held-out ti
 ``figure.n_train`` fits on a seeded subsample of the train rows and keeps every held-out row
 (more held-out rows, a smaller standard error of their kNN accuracy). The
 inputs are the dataset's own preprocessing (MNIST: PCA-50 fitted on all 70,000 rows, as the
-runner's ``holdout=true`` sees them). Without a test split (digits), ``figure.n_test`` rows of
-a seeded permutation are held out.
+runner's ``holdout=true`` sees them). Where the dataset gives an encoder its own rows
+(``dataset.encoder_input=raw``, or a protocol whose ``encoder_input`` table says so for
+parametric fits, as ``damrich_iclr`` does: the paper's network reads MNIST's pixels), every
+parametric fit and ``transform`` reads those rows and builds its kNN graph from the PCA'd
+ones; the metrics always use the PCA'd rows. Without a test split (digits),
+``figure.n_test`` rows of a seeded permutation are held out.
 """
 
 from __future__ import annotations
@@ -82,13 +86,16 @@ FORMATS = {"fit (s)": "{:.1f}", "NP@k": "{:.3f}", "RTA": "{:.3f}", "kNN acc": "{
 
 @dataclass(frozen=True)
 class Split:
-    """Train and held-out rows of the data, their labels."""
+    """Train and held-out rows of the data, their labels, and the rows a parametric encoder
+    reads where the dataset gives it its own (``Dataset.X_encoder``; else None)."""
 
     X_train: np.ndarray
     X_test: np.ndarray
     y_train: np.ndarray | None
     y_test: np.ndarray | None
     how: str
+    encoder_train: np.ndarray | None = None
+    encoder_test: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -121,7 +128,7 @@ def make(cfg: DictConfig) -> pd.DataFrame:
     jobs += [(key, "non-parametric", key, {}) for key in _references(cfg, spec.get("references"))]
     plans = [method_plan(cfg, key, **params) for _, _, key, params in jobs]  # checked up front
 
-    data = load_dataset(cfg.dataset, cfg.paths.data_dir, cfg.seed)
+    data = load_dataset(_dataset_config(cfg, plans), cfg.paths.data_dir, cfg.seed)
     split = _split(data, spec.n_test, cfg.seed, n_train)
     check_data(split.X_train, min_points=max(p.min_points for p in plans))
     if cfg.trainer.get("warmup", True):  # one-off compilation, untimed, as run.py does
@@ -206,8 +213,12 @@ def _run(name: str, mode: str, plan: Plan, fresh: Callable[[], Plan], split: Spl
     method is parametric; else by refitting a ``fresh()`` plan on train + held-out rows and,
     where the method has a ``transform``, also by placing them in the fixed train map."""
     log.info("%s (%s): fit on %d rows", name, mode, len(split.X_train))
-    train = fit(plan, split.X_train)
     parametric = plan.hyperparameters.get("parametric", False)
+    encoder_rows = parametric and split.encoder_train is not None
+    if encoder_rows:
+        train = fit(plan, split.encoder_train, X_knn=split.X_train)
+    else:
+        train = fit(plan, split.X_train)
     runs = []
     if not parametric:
         log.info("%s (%s): refit on %d rows", name, mode, len(split.X_train) + len(split.X_test))
@@ -216,11 +227,22 @@ def _run(name: str, mode: str, plan: Plan, fresh: Callable[[], Plan], split: Spl
         runs.append(Run(name, mode, train, refit.Y[n_train:], refit.Y[:n_train], REFIT, refit.seconds))
     if parametric or callable(getattr(plan.method, "transform", None)):
         start = time.perf_counter()
-        Y_test = plan.method.transform(split.X_test)
+        Y_test = plan.method.transform(split.encoder_test if encoder_rows else split.X_test)
         seconds = time.perf_counter() - start
         Y_test = check_embedding(Y_test, len(split.X_test), plan.name)
         runs.append(Run(name, mode, train, Y_test, train.Y, TRANSFORM if parametric else PLACE, seconds))
     return runs
+
+
+def _dataset_config(cfg: DictConfig, plans: list[Plan]) -> DictConfig | dict:
+    """The dataset config, with ``encoder_input`` from the protocol's table for parametric fits
+    where a protocol has one and the figure fits some method parametrically."""
+    table = (cfg.get("protocol") or {}).get("encoder_input")
+    if table is None or not any(p.hyperparameters.get("parametric") for p in plans):
+        return cfg.dataset
+    dataset = OmegaConf.to_container(cfg.dataset, resolve=True)
+    dataset["encoder_input"] = table.get("parametric_True", "pca")
+    return dataset
 
 
 def _split(data: Dataset, n_test: Any, seed: int, n_train: int | None = None) -> Split:
@@ -254,12 +276,17 @@ def _split(data: Dataset, n_test: Any, seed: int, n_train: int | None = None) ->
         rows_train = np.sort(rng.choice(rows_train, n_train, replace=False))
         how += f", fit on a seeded {n_train:,} of the train rows"
     X = np.asarray(data.X, dtype=np.float32)
+    E = data.X_encoder
+    if E is not None:
+        how += "; parametric encoders read the rows before PCA"
     return Split(
         X_train=X[rows_train],
         X_test=X[rows_test],
         y_train=None if y is None else y[rows_train],
         y_test=None if y is None else y[rows_test],
         how=how,
+        encoder_train=None if E is None else E[rows_train],
+        encoder_test=None if E is None else E[rows_test],
     )
 
 

@@ -18,6 +18,9 @@ class Dataset:
     ``image_shape`` is the shape of one image when each row of ``X`` is a flattened image, and
     None otherwise (so it is dropped once PCA has replaced the pixels). ``text`` holds one
     string per row (shown when hovering a point of the run's ``embedding.html``), or is None.
+    ``X_encoder`` holds the rows a parametric method's encoder reads when they are not ``X``
+    (``dataset.encoder_input=raw``: the rows before PCA, float32), and is None otherwise; the kNN
+    graph and the metrics always use ``X``.
     """
 
     X: np.ndarray
@@ -27,6 +30,7 @@ class Dataset:
     label_names: list[str] | None = None
     image_shape: tuple[int, ...] | None = None
     text: np.ndarray | None = None
+    X_encoder: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.n_train = int(self.n_train)
