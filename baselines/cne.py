@@ -33,7 +33,9 @@ PCA is seeded here; cne leaves it unseeded, which matters where scikit-learn pic
 randomized solver (e.g. 500 < n < 10 d), and gives the same start wherever it does not.
 
 ``parametric=True`` trains cne's MLP (d-100-100-100-2) on X; ``transform`` then embeds new
-points. cne 0.4.0 reads n from ``len(init)`` even when the model is parametric (and fails on
+points. ``fit_transform(X, X_knn=...)`` (parametric only) builds the graph from the rows of
+``X_knn`` and trains the network on X, as the ICLR paper's parametric MNIST runs do (the
+network reads the 784 pixels, the graph comes from their PCA-50; ALGORITHMS.md sec. 1.6). cne 0.4.0 reads n from ``len(init)`` even when the model is parametric (and fails on
 ``init=None``), so the adapter passes X as ``init`` there; cne uses it for nothing else.
 
 Seeding: ``random_state`` is cne's ``seed`` (edge shuffling, negatives); torch's global
@@ -199,17 +201,19 @@ class CNE(EmbeddingMethod):
         )
         return kwargs
 
-    def fit_transform(self, X: np.ndarray) -> np.ndarray:
-        """Embed ``X`` (n x d) into 2-D; returns an ``n x 2`` float32 array."""
+    def fit_transform(self, X: np.ndarray, X_knn: np.ndarray | None = None) -> np.ndarray:
+        """Embed ``X`` (n x d) into 2-D; returns an ``n x 2`` float32 array. With ``X_knn``
+        (parametric only; one row per row of X) the graph comes from ``X_knn``'s rows."""
         self._check_params()
         X = check_data(X, min_samples=self.n_neighbors + 1, method="CNE")
+        X_knn = X if X_knn is None else self._check_knn_rows(X, X_knn)
         n_jobs = effective_n_jobs(self.n_jobs)
         self.n_features_in_ = X.shape[1]
         self.timings_ = {}
         self.knn_index_ = {"annoy": "Annoy", "exact": "exact"}[self.knn]
 
         with self._phase("knn"):
-            graph = knn_graph(X, self.n_neighbors, n_jobs, self.knn)
+            graph = knn_graph(X_knn, self.n_neighbors, n_jobs, self.knn)
 
         printed = io.StringIO()  # cne prints its warnings; they go to the log instead
         with (
@@ -239,6 +243,20 @@ class CNE(EmbeddingMethod):
         log.info("CNE: final epoch loss %.4g, timings %s", sum(last) / len(last), self.timings_)
         self.embedding_ = np.ascontiguousarray(embedding, dtype=np.float32)
         return self.embedding_
+
+    def _check_knn_rows(self, X: np.ndarray, X_knn: np.ndarray) -> np.ndarray:
+        if not self.parametric:
+            raise InputError(
+                "CNE: X_knn needs parametric=True: free positions read the data only through the "
+                "kNN graph (and the PCA start), so fit on the rows the graph should come from."
+            )
+        X_knn = check_data(X_knn, min_samples=self.n_neighbors + 1, method="CNE")
+        if len(X_knn) != len(X):
+            raise InputError(
+                f"CNE: X_knn has {len(X_knn)} rows and X {len(X)}: give one row of each per "
+                "point, in the same order."
+            )
+        return X_knn
 
     def transform(self, X: np.ndarray) -> np.ndarray:
         """Embed new points with the trained network (``parametric=True`` only)."""

@@ -227,6 +227,24 @@ def test_cne_parametric_transforms_new_points(digits) -> None:
     assert classifier.score(Z_test, y[test]) > 0.7
 
 
+def test_cne_parametric_graph_from_x_knn(digits) -> None:
+    """With X_knn the graph comes from X_knn's rows and the network reads X (the ICLR paper's
+    pixels-in, PCA-50 graph setup); free positions and mismatched rows are refused."""
+    adapter = cne_adapter()
+    X = digits[0][:400]
+    X_knn = X[:, ::4] * 3.0  # other rows, so another graph
+    method = adapter.CNE(parametric=True, optimizer="adam", random_state=0, n_jobs=1, **SHORT_CNE)
+    method.fit_transform(X, X_knn=X_knn)
+    expected = adapter.knn_graph(X_knn.astype(np.float32), 15, n_jobs=1)
+    assert (method.cne_.neighbor_mat != expected).nnz == 0
+    assert (adapter.knn_graph(X, 15, n_jobs=1) != expected).nnz > 0
+    assert method.transform(X[:5]).shape == (5, 2)  # the network reads X's 64 features
+    with pytest.raises(InputError, match="rows"):
+        method.fit_transform(X, X_knn=X_knn[:-1])
+    with pytest.raises(InputError, match="parametric=True"):
+        adapter.CNE(n_jobs=1, **SHORT_CNE).fit_transform(X, X_knn=X_knn)
+
+
 def test_cne_transform_needs_a_parametric_fit(digits) -> None:
     method = cne_adapter().CNE(n_epochs=1, n_jobs=1)
     method.fit_transform(digits[0][:100])

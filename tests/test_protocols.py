@@ -240,7 +240,10 @@ def test_damrich_iclr_cne_sets_cnes_keys():
     m = cfg.method
     assert (m.n_epochs, m.batch_size, m.negative_samples, m.init_scale) == (750, 1024, 5, 1.0)
     assert m.early_exaggeration is True and m.optimizer == "sgd" and m.loss_aggregation == "sum"
-    assert task(["method=cne", "protocol=damrich_iclr_cne", "method.parametric=true"]).method.optimizer == "adam"
+    assert cfg.dataset.encoder_input == "pca"
+    parametric = task(["method=cne", "protocol=damrich_iclr_cne", "method.parametric=true"])
+    # Adam, and the paper's network reads the raw features while the graph comes from the PCA'd rows
+    assert parametric.method.optimizer == "adam" and parametric.dataset.encoder_input == "raw"
 
 
 def test_a_protocol_on_a_method_without_its_keys_is_refused_naming_them():
