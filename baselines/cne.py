@@ -35,7 +35,8 @@ randomized solver (e.g. 500 < n < 10 d), and gives the same start wherever it do
 ``parametric=True`` trains cne's MLP (d-100-100-100-2) on X; ``transform`` then embeds new
 points. ``fit_transform(X, X_knn=...)`` (parametric only) builds the graph from the rows of
 ``X_knn`` and trains the network on X, as the ICLR paper's parametric MNIST runs do (the
-network reads the 784 pixels, the graph comes from their PCA-50; ALGORITHMS.md sec. 1.6). cne 0.4.0 reads n from ``len(init)`` even when the model is parametric (and fails on
+network reads the 784 pixels, the graph comes from their PCA-50; ALGORITHMS.md sec. 1.6).
+cne 0.4.0 reads n from ``len(init)`` even when the model is parametric (and fails on
 ``init=None``), so the adapter passes X as ``init`` there; cne uses it for nothing else.
 
 Seeding: ``random_state`` is cne's ``seed`` (edge shuffling, negatives); torch's global
