@@ -8,7 +8,9 @@ pulls both ends together (``rho`` L^a_ij) and draws m = |M| negatives s uniforml
 points (or, ``noise="batch_neighbors"``, from the batch's tails: cne's in-batch noise),
 which push the head away; ``push_noise`` also moves the negatives (cne's autograd does,
 umap-learn does not). The per-edge loss is the method's loss with one positive of weight 1
-and m noise samples of weight 1 each.
+and m noise samples of weight 1 each. The same epochs drive free positions (SGD,
+:class:`EdgeTrainer`) or an encoder (Adam, :class:`ParametricEdgeTrainer`: cne's parametric
+mode, and Parametric UMAP's sampler with ``graph="umap"``).
 
 ``correct_repulsion`` (UMAP's loss only) adds the sampler proposed in umap-true-loss
 section 7.3: each kNN edge is also taken for repulsion with probability
@@ -28,6 +30,7 @@ from scipy import sparse
 
 from .losses import UMAPLoss
 from .optimize import LR_LOG_Z, Comm, Shard, TrainSpec, _loss, _lr_factor, _rho, _ShardTrainer
+from .parametric import EncodedPositions
 from .true_loss import attraction, repulsion, umap_losses
 
 
@@ -140,24 +143,28 @@ class EdgeTrainer(_ShardTrainer):
             record["edges"].append((g.heads[take], g.tails[take]))
         B = spec.batch_size
         steps = max(1, math.ceil(len(take) / B))
-        scale = 1.0 / B if spec.aggregation == "mean" else 1.0
+        lrs = [spec.learning_rate * _lr_factor(spec, (epoch + k / steps) / spec.n_epochs) for k in range(steps)]
         if self.fused:
-            lrs = np.array([spec.learning_rate * scale * _lr_factor(spec, (epoch + k / steps) / spec.n_epochs)
-                            for k in range(steps)])
-            return self._fused_epoch(take.numpy(), lrs, rho, epoch)
+            return self._fused_epoch(take.numpy(), np.array(lrs) * self.aggregation_scale(), rho, epoch)
         first = math.nan
         for k in range(steps):
             batch = take[k * B:(k + 1) * B]
-            grad = torch.zeros_like(self.Y.data)
-            value, g_params = self._forces(g.heads[batch], g.tails[batch], rho, grad, record)
-            if extra is not None:
-                part = extra[k::steps]
-                self._repel(g.heads[part], g.tails[part], grad)
+            part = extra[k::steps] if extra is not None else None
+            value = self._update(g.heads[batch], g.tails[batch], part, rho, lrs[k], record)
             first = value / max(len(batch), 1) if k == 0 else first
-            g_params = {q: g * scale for q, g in g_params.items()}  # log Z: aggregated as positions
-            self._sgd(grad, g_params, spec.learning_rate * scale
-                      * _lr_factor(spec, (epoch + k / steps) / spec.n_epochs))
         return first
+
+    def _update(self, h, t, extra, rho, lr, record) -> float:
+        """One step on the batch of edges h -> t (and the correction's ``extra`` edges) at
+        learning rate ``lr`` (before aggregation); returns the loss summed over the edges."""
+        grad = torch.zeros_like(self.Y.data)
+        value, g_params = self._forces(h, t, rho, grad, record)
+        if extra is not None:
+            self._repel(self.graph.heads[extra], self.graph.tails[extra], grad)
+        scale = self.aggregation_scale()
+        g_params = {q: g * scale for q, g in g_params.items()}  # log Z: aggregated as positions
+        self._sgd(grad, g_params, lr * scale)
+        return value
 
     def _fused_epoch(self, take: np.ndarray, lrs: np.ndarray, rho: float, epoch: int) -> float:
         """The epoch in the compiled loop (:func:`nomad.cpu_kernel.fused_edge_epoch`)."""
@@ -221,6 +228,30 @@ class EdgeTrainer(_ShardTrainer):
                 break
         bar.close()
         return self.embedding()
+
+
+class ParametricEdgeTrainer(EncodedPositions, EdgeTrainer):
+    """Edge sampling driving an encoder (cne's parametric mode, Parametric UMAP): the same
+    epochs of edges and negatives as :class:`EdgeTrainer`, with y_i = f_theta(x_i) and each
+    batch's loss back-propagated through the network (Adam). The negatives move too, through
+    the network, as in cne; no correction, no loss logs."""
+
+    def __init__(self, shard: Shard, spec: TrainSpec, comm: Comm, graph: EdgeGraph,
+                 encoder: torch.nn.Module, X_local: np.ndarray):
+        super().__init__(shard, spec, comm, graph, push_noise=True, correct_repulsion=False,
+                         loss_log_every=0, loss_log_pairs=1)
+        self._init_encoder(encoder, X_local)
+
+    def _update(self, h, t, extra, rho, lr, record) -> float:
+        loss_fn = self.loss
+        noise = self._negatives(h, t)
+        with torch.enable_grad():
+            y_h, y_t, y_n = self._encode(h, t, noise)
+            q_pos = loss_fn.kernel(((y_h - y_t) ** 2).sum(-1))[:, None]
+            q_noise = loss_fn.kernel(((y_h[:, None] - y_n) ** 2).sum(-1))
+            total = loss_fn(q_pos, self._one, q_noise, torch.ones_like(q_noise), rho).sum()
+            self._adam_step(total * self.aggregation_scale(), lr)
+        return float(total.detach())
 
 
 def check_edge_options(loss, correct_repulsion: bool, loss_log_every: int) -> None:

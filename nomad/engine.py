@@ -4,7 +4,7 @@ A concrete method only says which loss it optimises (``_make_loss``) and its def
 the kNN index, the p(j|i) weights, the PCA initialisation, the noise and cell-mean
 sampling, the optimiser, the schedule and the devices are all here. The flat constructor
 parameters are resolved at fit time into the checked option groups of :mod:`nomad.options`,
-and each trainer (heads, edges, parametric) is given its own.
+and each trainer (heads, edges, parametric on heads or on edges) is given its own.
 """
 
 from __future__ import annotations
@@ -26,7 +26,15 @@ from .errors import InputError
 from .index import CellIndex, auto_n_cells, build_index, precomputed_index
 from .losses import ContrastiveLoss
 from .optimize import Comm, Shard, TrainSpec, train_shard
-from .options import EdgesOptions, EngineOptions, IndexOptions, ParametricOptions, resolve
+from .options import (
+    EDGE_TRAINERS,
+    EdgesOptions,
+    EngineOptions,
+    IndexOptions,
+    ParametricEdgesOptions,
+    ParametricOptions,
+    resolve,
+)
 from .options import check_number as _check_number
 
 log = logging.getLogger(__name__)
@@ -155,13 +163,14 @@ class ContrastiveEmbedding(EmbeddingMethod, BaseEstimator):
     Schedule (:class:`~nomad.options.ScheduleOptions`), the optimisation:
         n_epochs: passes over the n heads (over the edges with edge sampling).
         learning_rate: "auto" = ``lr_scale`` n for mean aggregation, 1.0 for sum aggregation
-            (cne), 1e-3 (Adam) for the parametric trainer.
+            (cne), 1e-3 (Adam) for the parametric trainers.
         lr_scale: the "auto" rate of mean aggregation over n (the reference code's name);
             0.1 = n/10, nomad-projection sec. 3.4 (NOMAD: 0.2, see its docstring).
         batch_size: heads per step over all devices ("auto" = ceil(n/10): each head
             occurrence then takes a step of 10 lr_scale, a unit step at n/10 as in cne); edges per
-            step with ``sampling="edges"`` ("auto" = 1024, cne's ICLR-paper batch).
-        aggregation: "mean" (paper) or "sum" (cne) of the loss over a batch.
+            step with ``sampling="edges"``, free or parametric ("auto" = 1024, cne's ICLR-paper batch).
+        aggregation: "mean" (paper) or "sum" (cne) of the loss over a batch (for an encoder,
+            Adam sees the two alike but for ``clip_grad``).
         momentum, lr_schedule ("linear" to 0, "reference": flat then linear, "constant"),
         lr_decay_start: SGD settings; the reference code uses momentum 0.8 and "reference".
         early_exaggeration, early_exaggeration_epochs, late_exaggeration,
@@ -173,28 +182,30 @@ class ContrastiveEmbedding(EmbeddingMethod, BaseEstimator):
             then the target; one learning-rate schedule spans all epochs and the optimiser is
             not reset (as in cne). 0 = off. Only for losses with a spectrum parameter (nomad,
             infonc_tsne, neg_tsne); ncvis and umap_loss refuse it (cne applies it to neither).
-        clip_grad: clip each gradient coordinate of the summed loss (cne, UMAP: 4).
+        clip_grad: clip each gradient coordinate (of the positions, or of the encoder's
+            parameters) of the aggregated loss (cne, UMAP: 4).
 
     Init (:class:`~nomad.options.InitOptions`):
         init: "pca", or an (n, 2) array of starting positions (used as given);
         init_scale: std of PC1 after rescaling ("pca" only).
 
-    Trainer: ``sampling`` and ``parametric`` pick one of three, each with its own group:
+    Trainer: ``sampling`` and ``parametric`` pick one of four, each with its own group:
         sampling: "heads" (NOMAD: draw heads, each brings its k neighbours;
             :class:`~nomad.options.HeadsOptions`, no options of its own; the one trainer for
             several devices) or "edges" (UMAP, cne: each epoch walks the edges of the symmetric
-            kNN graph, each taken with probability mu_ij; one device, free positions, exact
-            noise; see :mod:`nomad.edges`).
-        parametric: train an MLP encoder with Adam on heads instead of free positions
-            (:class:`~nomad.options.ParametricOptions`); ``transform`` then embeds new points.
+            kNN graph, each taken with probability mu_ij; one device, exact noise; see
+            :mod:`nomad.edges`).
+        parametric: train an MLP encoder with Adam instead of free positions, on the heads or
+            edges ``sampling`` names (:class:`~nomad.options.ParametricOptions`,
+            :class:`~nomad.options.ParametricEdgesOptions`: cne's parametric mode);
+            ``transform`` then embeds new points.
         Edges (:class:`~nomad.options.EdgesOptions`): graph: "binary" (cne) or "umap" (UMAP's
             fuzzy simplicial set); push_noise: negatives are pushed too (cne; heads and the
             encoder always push theirs); correct_repulsion: umap-true-loss eq. 18;
             loss_log_every / loss_log_pairs: purported, effective and actual UMAP losses every
             that many epochs, in ``loss_log_``; all-pair sums exact up to that many pairs
             (correct_repulsion and the log: UMAP's loss only).
-        Parametric (:class:`~nomad.options.ParametricOptions`): hidden: the encoder's layer
-            widths.
+        Parametric: hidden: the encoder's layer widths; on edges also ``graph``.
 
     Devices (:class:`~nomad.options.DeviceOptions`):
         accelerator ("cpu"/"cuda"/"auto"), devices: where to train; devices > 1 runs one
@@ -540,12 +551,17 @@ class ContrastiveEmbedding(EmbeddingMethod, BaseEstimator):
 
     def _fit_parametric(self, X: np.ndarray, shard: Shard, spec: TrainSpec,
                         options: ParametricOptions) -> np.ndarray:
+        from .edges import ParametricEdgeTrainer, edge_graph
         from .parametric import MLPEncoder, ParametricTrainer
 
         if self.encoder_ is None:  # a new fit; optimize() continues the trained encoder
             torch.manual_seed(spec.seed)
             self.encoder_ = MLPEncoder(X.shape[1], tuple(int(w) for w in options.hidden))
-        trainer = ParametricTrainer(shard, spec, Comm(), self.encoder_, X[shard.rows])
+        if isinstance(options, ParametricEdgesOptions):
+            graph = edge_graph(shard.neighbors, self.index_.distances[shard.rows], options.graph, spec.seed)
+            trainer = ParametricEdgeTrainer(shard, spec, Comm(), graph, self.encoder_, X[shard.rows])
+        else:
+            trainer = ParametricTrainer(shard, spec, Comm(), self.encoder_, X[shard.rows])
         return trainer.train()
 
     def _fit_edges(self, shard: Shard, spec: TrainSpec, options: EdgesOptions) -> np.ndarray:
@@ -612,7 +628,7 @@ class ContrastiveEmbedding(EmbeddingMethod, BaseEstimator):
         if sched.batch_size != "auto":
             batch = int(sched.batch_size)
         else:  # edges: cne's ICLR-paper batch of 1024 edges
-            batch = 1024 if isinstance(trainer, EdgesOptions) else math.ceil(n / 10)
+            batch = 1024 if isinstance(trainer, EDGE_TRAINERS) else math.ceil(n / 10)
         batch = min(batch, n)
         if learning_rate is not None:
             lr = float(learning_rate)

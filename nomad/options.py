@@ -10,9 +10,10 @@ parameters into small frozen groups, each checking itself:
 * :class:`ScheduleOptions`: epochs, learning rate, batches, momentum, exaggeration, clipping;
 * :class:`InitOptions`: the starting positions;
 * the trainer, one variant each: :class:`HeadsOptions` (draw heads, each with its k neighbours:
-  NOMAD), :class:`EdgesOptions` (walk the edges of the symmetric graph: UMAP, cne) and
-  :class:`ParametricOptions` (an MLP encoder trained on heads), picked by ``sampling`` and
-  ``parametric``;
+  NOMAD), :class:`EdgesOptions` (walk the edges of the symmetric graph: UMAP, cne),
+  :class:`ParametricOptions` (an MLP encoder trained on heads) and
+  :class:`ParametricEdgesOptions` (the encoder trained on edges: cne's parametric mode),
+  picked by ``sampling`` and ``parametric``;
 * :class:`DeviceOptions`: where to train.
 
 ``callbacks``, ``random_state`` and ``verbose`` concern the run, not an option group.
@@ -231,8 +232,8 @@ class EdgesOptions:
 
 @dataclass(frozen=True)
 class ParametricOptions:
-    """``parametric=True``: an MLP encoder of widths ``hidden`` trained by Adam on heads (as the
-    heads trainer draws them); one device."""
+    """``parametric=True`` (``sampling="heads"``): an MLP encoder of widths ``hidden`` trained by
+    Adam on heads (as the heads trainer draws them); one device."""
 
     hidden: tuple[int, ...]
 
@@ -245,11 +246,30 @@ class ParametricOptions:
                              "widths, integers >= 1 (e.g. [100, 100, 100]; [] for a linear map)")
 
 
+@dataclass(frozen=True)
+class ParametricEdgesOptions(ParametricOptions):
+    """``parametric=True, sampling="edges"``: the encoder trained on the edges of the symmetric
+    graph ``graph``, as :class:`EdgesOptions` walks them (cne's parametric mode; Parametric
+    UMAP with ``graph="umap"``); one device, exact noise."""
+
+    graph: str = "binary"
+
+    name: ClassVar[str] = "parametric_edges"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_choice("graph", self.graph, ("binary", "umap"))
+
+
 TrainerOptions = HeadsOptions | EdgesOptions | ParametricOptions
-TRAINERS: tuple[type, ...] = (HeadsOptions, EdgesOptions, ParametricOptions)
+TRAINERS: tuple[type, ...] = (HeadsOptions, EdgesOptions, ParametricOptions, ParametricEdgesOptions)
+#: the trainers that walk the graph's edges (their graph, their batch of edges)
+EDGE_TRAINERS: tuple[type, ...] = (EdgesOptions, ParametricEdgesOptions)
 #: how to select each trainer (the fix an error message names)
 SELECT = {"heads": "method.sampling=heads and method.parametric=false",
-          "edges": "method.sampling=edges", "parametric": "method.parametric=true"}
+          "edges": "method.sampling=edges and method.parametric=false",
+          "parametric": "method.parametric=true and method.sampling=heads",
+          "parametric_edges": "method.parametric=true and method.sampling=edges"}
 
 
 @dataclass(frozen=True)
@@ -311,24 +331,25 @@ def resolve(params: dict[str, Any], defaults: dict[str, Any], *, method: str, mu
     check_choice("approximate", p["approximate"], (None, "none", "remote", "others"))
 
     # the trainer and what it needs of the rest
-    if p["sampling"] == "edges" and (n_devices > 1 or p["parametric"] or approximate != "none"
+    if p["sampling"] == "edges" and (n_devices > 1 or approximate != "none"
                                      or default_approximate != "none"):  # NOMAD's noise needs cell means
-        raise InputError("sampling='edges' trains free positions on one device with exact noise: "
-                         "use it with infonc_tsne, neg_tsne, ncvis or umap_loss, devices=1 and "
-                         "parametric=false (or keep method.sampling=heads)")
+        raise InputError("sampling='edges' trains on one device with exact noise: use it with "
+                         "infonc_tsne, neg_tsne, ncvis or umap_loss and devices=1 (or keep "
+                         "method.sampling=heads)")
     if p["parametric"]:
-        trainer_cls = ParametricOptions
+        trainer_cls = ParametricEdgesOptions if p["sampling"] == "edges" else ParametricOptions
     else:
         trainer_cls = EdgesOptions if p["sampling"] == "edges" else HeadsOptions
     _refuse_foreign_options(p, defaults, trainer_cls, default_approximate)
-    if trainer_cls is ParametricOptions:
+    if issubclass(trainer_cls, ParametricOptions):
         if isinstance(p["hidden"], str) or not isinstance(p["hidden"], Sequence):
             raise InputError(f"method.hidden={p['hidden']!r} is invalid: give the encoder's layer widths as "
                              "a list, e.g. [100, 100, 100]")
-        trainer = ParametricOptions(tuple(p["hidden"]))
+        own = {name: p[name] for name in group_fields(trainer_cls) if name != "hidden"}
+        trainer = trainer_cls(tuple(p["hidden"]), **own)
     else:
         trainer = trainer_cls(**{name: p[name] for name in group_fields(trainer_cls)})
-    if trainer_cls is EdgesOptions:
+    if trainer_cls in EDGE_TRAINERS:
         check_number("n_noise", p["n_noise"], minimum=1, integer=True)  # m negatives per edge
 
     noise = NoiseOptions(**{name: p[name] for name in group_fields(NoiseOptions) if name != "approximate"},
@@ -345,7 +366,7 @@ def resolve(params: dict[str, Any], defaults: dict[str, Any], *, method: str, mu
         raise InputError(f"method.ivf_nprobe={p['ivf_nprobe']!r} counts the lists faiss IVF searches, but "
                          f"the graph comes from the index's cells (knn={p['knn']}): set method.knn=faiss_ivf, "
                          "or method.n_probe for the cells")
-    if isinstance(trainer, EdgesOptions) and trainer.graph == "umap" and index.metric != "euclidean":
+    if isinstance(trainer, EDGE_TRAINERS) and trainer.graph == "umap" and index.metric != "euclidean":
         raise InputError("graph='umap' needs Euclidean distances: set method.metric=euclidean")
     if noise.approximate == "none":
         for name in ("mean_refresh", "mean_weight"):
@@ -392,19 +413,26 @@ def resolve(params: dict[str, Any], defaults: dict[str, Any], *, method: str, mu
 def _refuse_foreign_options(p: dict[str, Any], defaults: dict[str, Any], trainer_cls: type,
                             default_approximate: str) -> None:
     """An option that only other trainers read, set away from its default, would be ignored
-    silently: refuse it, naming the trainer that reads it."""
+    silently: refuse it, naming the trainers that read it and how to select the closest one
+    (free or parametric as this model is, then sampling as it does, where one reads it)."""
     own = set(group_fields(trainer_cls))
-    foreign = [(name, other.name) for other in TRAINERS if other is not trainer_cls
-               for name in group_fields(other) if name not in own]
-    if trainer_cls is EdgesOptions:
-        foreign += [(name, "heads") for name in NoiseOptions.HEADS_ONLY]
-    for name, owner in foreign:
+    parametric, edges = issubclass(trainer_cls, ParametricOptions), trainer_cls in EDGE_TRAINERS
+    readers: dict[str, list[str]] = {}
+    for other in sorted(TRAINERS, key=lambda c: (issubclass(c, ParametricOptions) != parametric,
+                                                 (c in EDGE_TRAINERS) != edges)):
+        for name in group_fields(other):
+            if other is not trainer_cls and name not in own:
+                readers.setdefault(name, []).append(other.name)
+    if edges:  # the noise estimate and cell means of the heads samplers
+        for name in NoiseOptions.HEADS_ONLY:
+            readers[name] = ["parametric", "heads"] if parametric else ["heads", "parametric"]
+    for name, owners in readers.items():
         value, default = p[name], defaults[name]
         if name == "approximate":  # None stands for the method's own default
             value, default = value or default_approximate, default or default_approximate
         if _same(value, default) or (name in trainer_cls.implies and _same(value, trainer_cls.implies[name])):
             continue
-        readers = "the parametric trainer and the heads trainer" if owner == "heads" else f"the {owner} trainer"
-        raise InputError(f"method.{name}={value!r} is read by {readers} only, but this model trains with "
+        names = " and ".join(f"the {owner} trainer" for owner in owners)
+        raise InputError(f"method.{name}={value!r} is read by {names} only, but this model trains with "
                          f"the {trainer_cls.name} trainer ({SELECT[trainer_cls.name]}), which would ignore "
-                         f"it: set {SELECT[owner]}, or leave method.{name} at its default {default!r}")
+                         f"it: set {SELECT[owners[0]]}, or leave method.{name} at its default {default!r}")

@@ -30,13 +30,16 @@ from nomad.options import (
     IndexOptions,
     InitOptions,
     NoiseOptions,
+    ParametricEdgesOptions,
     ParametricOptions,
     ScheduleOptions,
     group_fields,
 )
 
 ENGINE = {"nomad": NOMAD, "infonc_tsne": InfoNCTSNE, "neg_tsne": NegTSNE, "ncvis": NCVis, "umap_loss": UMAPLoss}
-GROUPS = (IndexOptions, NoiseOptions, ScheduleOptions, InitOptions, DeviceOptions, *TRAINERS)
+# ParametricEdgesOptions joins two trainers' options (hidden, graph): not a group of its own
+GROUPS = (IndexOptions, NoiseOptions, ScheduleOptions, InitOptions, DeviceOptions,
+          *(t for t in TRAINERS if t is not ParametricEdgesOptions))
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -58,6 +61,9 @@ def test_each_trainer_gets_its_own_variant():
     assert edges == EdgesOptions(graph="umap", push_noise=False, correct_repulsion=False, loss_log_every=0,
                                  loss_log_pairs=10**8)
     assert InfoNCTSNE(parametric=True, hidden=[16, 8]).options().trainer == ParametricOptions((16, 8))
+    encoder_on_edges = UMAPLoss(parametric=True, sampling="edges", graph="umap").options().trainer
+    assert encoder_on_edges == ParametricEdgesOptions((100, 100, 100), graph="umap")
+    assert set(group_fields(ParametricEdgesOptions)) == {"hidden", "graph"}  # parametric's and edges' own
     # "auto" and None resolved where the devices decide them
     opts = NOMAD(devices=2, accelerator="cpu").options()
     assert (opts.index.knn, opts.index.n_probe, opts.noise.approximate) == ("cells", 1, "remote")
@@ -75,6 +81,15 @@ FOREIGN = [  # (class, parameters, the option named, the fix named)
     (NegTSNE, {"sampling": "edges", "hidden": (10,)}, r"method.hidden=\(10,\)", "method.parametric=true"),
     (InfoNCTSNE, {"parametric": True, "graph": "umap"}, "method.graph='umap'", "method.sampling=edges"),
     (InfoNCTSNE, {"sampling": "edges", "noise_group": 4}, "method.noise_group=4", "method.sampling=heads"),
+    # the encoder on edges: the closest fix keeps it parametric, or keeps it on edges
+    (NegTSNE, {"sampling": "edges", "parametric": True, "noise_samples": 3}, "method.noise_samples=3",
+     "set method.parametric=true and method.sampling=heads"),
+    (UMAPLoss, {"sampling": "edges", "parametric": True, "correct_repulsion": True},
+     "method.correct_repulsion=True is read by the edges trainer only", "method.parametric=false"),
+    (NegTSNE, {"sampling": "edges", "hidden": (10,)}, "parametric_edges trainer",
+     "set method.parametric=true and method.sampling=edges"),
+    (InfoNCTSNE, {"parametric": True, "graph": "umap"}, "the parametric_edges trainer and the edges trainer",
+     "set method.parametric=true and method.sampling=edges"),
     (NCVis, {"sampling": "edges", "noise_samples": 3}, "method.noise_samples=3", "method.sampling=heads"),
     (UMAPLoss, {"sampling": "edges", "approximate": "others"}, "sampling='edges'", "exact noise"),
     (InfoNCTSNE, {"mean_weight": "reference"}, "method.mean_weight='reference'", "method.approximate=remote"),
@@ -83,6 +98,9 @@ FOREIGN = [  # (class, parameters, the option named, the fix named)
     (NOMAD, {"devices": 2, "accelerator": "cpu", "sampling": "edges"}, "sampling='edges'", "devices=1"),
     (NOMAD, {"devices": 2, "accelerator": "cpu", "knn": "cells", "n_probe": 3}, "n_probe=3", "method.n_probe=1"),
     (NOMAD, {"devices": 2, "accelerator": "cpu", "parametric": True}, "parametric=true", "parametric=false"),
+    (NOMAD, {"parametric": True, "sampling": "edges"}, "sampling='edges'", "infonc_tsne"),
+    (InfoNCTSNE, {"parametric": True, "sampling": "edges", "graph": "umap", "metric": "inner_product"},
+     "graph='umap'", "method.metric=euclidean"),
     (NOMAD, {"lr_scale": 0.1, "learning_rate": 500.0}, "method.lr_scale=0.1", "set one of the two"),
     (InfoNCTSNE, {"lr_scale": 0.3, "aggregation": "sum"}, "method.lr_scale=0.3", "sum aggregation"),
     (InfoNCTSNE, {"lr_scale": 0.3, "parametric": True}, "method.lr_scale=0.3", "Adam"),
@@ -106,6 +124,7 @@ def test_an_option_the_trainer_would_ignore_is_refused_with_one_message(digits, 
     (InfoNCTSNE, {"hidden": [100, 100, 100]}),  # a config's list equals the tuple default
     (InfoNCTSNE, {"sampling": "edges", "approximate": "none", "noise_samples": "auto"}),
     (InfoNCTSNE, {"knn": "cells", "n_probe": 64}),
+    (NegTSNE, {"parametric": True, "sampling": "edges", "push_noise": True, "graph": "umap"}),
     (NOMAD, {"parametric": True, "approximate": "none", "noise_samples": "auto", "noise_group": 1}),
 ])
 def test_defaults_and_what_a_trainer_does_anyway_pass(cls, params):

@@ -43,7 +43,7 @@ def test_full_figure_holds_out_mnists_test_split(tmp_path) -> None:
 
 def test_a_protocol_sets_both_modes_and_the_parametric_epochs(tmp_path) -> None:
     """protocol=damrich_iclr gives the engine methods the paper's setup in each mode (issue 14
-    item 4: edges and SGD free, heads of ~1,024 pairs and Adam parametric, 750 epochs in both);
+    item 4: 1,024 edges a batch in both, SGD free, Adam parametric, 750 epochs);
     without it the parametric mode keeps the figure's own 100 epochs, and umap-learn its defaults."""
     with figure_config(["experiment=parametric", "protocol=damrich_iclr"], tmp_path) as cfg:
         modes = parametric._modes(cfg.figure.modes)
@@ -55,7 +55,7 @@ def test_a_protocol_sets_both_modes_and_the_parametric_epochs(tmp_path) -> None:
         assert parametric._dataset_config(cfg, plans)["encoder_input"] == "raw"
         assert parametric._dataset_config(cfg, plans[:1]).encoder_input == "pca"
     assert (free.sampling, free.batch_size, free.learning_rate) == ("edges", 1024, 0.5)
-    assert (encoder.sampling, encoder.batch_size, encoder.parametric) == ("heads", 68, True)
+    assert (encoder.sampling, encoder.batch_size, encoder.parametric) == ("edges", 1024, True)
     assert free.n_epochs == encoder.n_epochs == 750
     assert not hasattr(umap_learn, "sampling")
     with figure_config(["experiment=parametric"], tmp_path) as cfg:
