@@ -79,7 +79,8 @@ class EdgeTrainer(_ShardTrainer):
                  push_noise: bool, correct_repulsion: bool, loss_log_every: int, loss_log_pairs: int):
         super().__init__(shard, spec, comm)
         self.fused = self.fused and loss_log_every == 0 and not correct_repulsion
-        self.graph = graph
+        self.graph = EdgeGraph(*(x.to(self.dev) for x in (graph.heads, graph.tails, graph.mu)))
+        graph = self.graph
         self.m = int(spec.n_noise)
         self.push_noise = push_noise
         self.log_every, self.log_pairs = loss_log_every, loss_log_pairs
@@ -87,7 +88,7 @@ class EdgeTrainer(_ShardTrainer):
         self.r = None
         if correct_repulsion:
             n = self.n_local
-            degree = torch.zeros(n).index_add_(0, graph.heads, graph.mu)
+            degree = torch.zeros(n, device=self.dev).index_add_(0, graph.heads, graph.mu)
             r = 1.0 - graph.mu - (degree[graph.heads] + degree[graph.tails]) * self.m / (2 * n)
             self.r = r.clamp(0.0, 1.0)
         self._one = torch.ones(1, 1, device=self.dev)
@@ -132,11 +133,11 @@ class EdgeTrainer(_ShardTrainer):
 
     def _epoch(self, epoch: int, rho: float, record) -> float:
         spec, g = self.spec, self.graph
-        take = torch.nonzero(torch.rand(len(g.mu), generator=self.gen) < g.mu).flatten()
-        take = take[torch.randperm(len(take), generator=self.gen)]
+        take = torch.nonzero(torch.rand(len(g.mu), generator=self.gen, device=self.dev) < g.mu).flatten()
+        take = take[torch.randperm(len(take), generator=self.gen, device=self.dev)]
         extra = None
         if self.r is not None:
-            extra = torch.nonzero(torch.rand(len(self.r), generator=self.gen) < self.r).flatten()
+            extra = torch.nonzero(torch.rand(len(self.r), generator=self.gen, device=self.dev) < self.r).flatten()
             if record is not None:
                 record["extra"].append((g.heads[extra], g.tails[extra]))
         if record is not None:

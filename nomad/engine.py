@@ -148,7 +148,7 @@ class ContrastiveEmbedding(EmbeddingMethod, BaseEstimator):
             repulsion strength; m in tsne-to-umap-contrastive; per edge with edge sampling).
         noise: "uniform" over all points (eq. 2) or "batch_neighbors": drawn from the pool
             of the batch's positives, each standing for |M|/S samples (the reference code).
-        The trainers that draw heads (heads, parametric) also read:
+        The trainers that draw heads (heads, parametric on heads) also read:
         noise_samples: S, noise points actually drawn per head to estimate it
             ("auto" = min(|M|, 32)); each stands for |M| p(m in D) / S samples.
         noise_group: G, heads that share one draw of the S noise points (each head's

@@ -261,7 +261,7 @@ class ParametricEdgesOptions(ParametricOptions):
         check_choice("graph", self.graph, ("binary", "umap"))
 
 
-TrainerOptions = HeadsOptions | EdgesOptions | ParametricOptions
+TrainerOptions = HeadsOptions | EdgesOptions | ParametricOptions | ParametricEdgesOptions
 TRAINERS: tuple[type, ...] = (HeadsOptions, EdgesOptions, ParametricOptions, ParametricEdgesOptions)
 #: the trainers that walk the graph's edges (their graph, their batch of edges)
 EDGE_TRAINERS: tuple[type, ...] = (EdgesOptions, ParametricEdgesOptions)

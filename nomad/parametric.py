@@ -33,8 +33,10 @@ class MLPEncoder(torch.nn.Sequential):
 
 
 @torch.no_grad()
-def embed(encoder: torch.nn.Module, X, batch_size: int = 65536, device: str = "cpu") -> np.ndarray:
-    """``encoder(X)`` in batches, as float32 numpy (X: a tensor, an array or a memmap)."""
+def embed(encoder: torch.nn.Module, X, batch_size: int = 65536) -> np.ndarray:
+    """``encoder(X)`` in batches on the encoder's device, as float32 numpy (X: a tensor, an
+    array or a memmap)."""
+    device = next(encoder.parameters()).device
     out = np.empty((len(X), 2), dtype=np.float32)
     for lo in range(0, len(X), batch_size):
         xb = X[lo:lo + batch_size]
@@ -62,7 +64,7 @@ class EncodedPositions:
         self.opt = torch.optim.Adam(params, lr=spec.learning_rate)
 
     def embedding(self) -> np.ndarray:
-        return embed(self.encoder, self.X, device=self.dev)
+        return embed(self.encoder, self.X)
 
     def _encode(self, *index: torch.Tensor) -> list[torch.Tensor]:
         """The embeddings of the rows in each index tensor (shape + (2,)); every distinct row
