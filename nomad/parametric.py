@@ -71,8 +71,8 @@ class EncodedPositions:
         goes through the network once."""
         flat = [t.reshape(-1) for t in index]
         rows, inv = torch.unique(torch.cat(flat), return_inverse=True)
-        emb = self.encoder(self.X[rows])[inv]
-        return [e.view(*t.shape, 2) for e, t in zip(emb.split([len(f) for f in flat]), index)]
+        emb = self.encoder(self.X[rows])
+        return [emb[part].view(*t.shape, 2) for part, t in zip(inv.split([len(f) for f in flat]), index)]
 
     def _adam_step(self, loss: torch.Tensor, lr: float) -> None:
         """Back-propagate ``loss`` (the batch's, summed or averaged), clip the network's
@@ -109,6 +109,6 @@ class ParametricTrainer(EncodedPositions, _ShardTrainer):
         if mu is not None:
             q_all = torch.cat([q_all, loss_fn.kernel(((y_h[:, None] - mu[None]) ** 2).sum(-1))], 1)
             c_all = torch.cat([c_all, self._mean_weights(heads)], 1)
-        total = loss_fn(q_pos, self.p, q_all, c_all, rho).sum()
-        self._adam_step(total * self.aggregation_scale(B), lr)
-        return float(total.detach()) / B
+        per_head = loss_fn(q_pos, self.p, q_all, c_all, rho)
+        self._adam_step(per_head.mean() if spec.aggregation == "mean" else per_head.sum(), lr)
+        return float(per_head.detach().mean())
