@@ -81,6 +81,21 @@ def check_n_eval(n_eval: int | None) -> int | None:
     return None if n_eval is None else check_count(n_eval, "n_eval")
 
 
+def check_rows(rows: object, n: int) -> np.ndarray:
+    """Distinct point indices in [0, n), as a non-empty 1-D int64 array."""
+    idx = np.asarray(rows)
+    if idx.ndim != 1 or idx.size == 0 or not np.issubdtype(idx.dtype, np.integer):
+        raise InputError(
+            f"rows must be a non-empty 1-D array of point indices, got shape {idx.shape} and "
+            f"dtype {idx.dtype}; pass e.g. np.arange(n_train, n) for the held-out points."
+        )
+    if idx.min() < 0 or idx.max() >= n:
+        raise InputError(f"rows must index the {n} points (0..{n - 1}), got {idx.min()}..{idx.max()}.")
+    if len(np.unique(idx)) != len(idx):
+        raise InputError("rows repeats a point; pass each evaluation point once (np.unique(rows)).")
+    return idx.astype(np.int64)
+
+
 def check_ks(ks: int | Iterable[int], n: int) -> tuple[int, ...]:
     """Distinct neighbourhood sizes, in the given order, each in [1, n - 1]."""
     ks = (ks,) if isinstance(ks, numbers.Integral) else tuple(ks)

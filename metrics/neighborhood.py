@@ -8,6 +8,8 @@ index. Then
     score_i = |N_X(i) ∩ N_Y(i)| / k,      NP@k = mean_i score_i,
 
 reported with the 95% CI half-width 1.96 * sd(score) / sqrt(n_eval) (population sd, as eval.py).
+``rows`` evaluates given points instead of a random sample (e.g. held-out points, whose
+neighbours are still searched among all n).
 A random embedding scores about k / (n - 1). Unlike eval.py we exclude the query by index rather
 than dropping the first neighbour column, which is wrong when points are duplicated, and we fix the
 seed of the evaluation sample. All ks come from one top-max(k) search (see ``metrics.exact_knn``).
@@ -21,7 +23,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from metrics._checks import check_count, check_ks, check_n_eval, check_pair
+from metrics._checks import check_count, check_ks, check_n_eval, check_pair, check_rows
 from metrics.exact_knn import exact_knn
 
 log = logging.getLogger(__name__)
@@ -34,8 +36,11 @@ def neighborhood_preservation(
     n_eval: int | None = 5000,
     seed: int = 0,
     chunk_size: int = 65536,
+    *,
+    rows: np.ndarray | None = None,
 ) -> dict[int, tuple[float, float]]:
-    """NP@k for each k in ``ks``: ``{k: (mean, ci95_halfwidth)}``."""
+    """NP@k for each k in ``ks``: ``{k: (mean, ci95_halfwidth)}``, over ``n_eval`` seeded
+    points or, when given, the points ``rows``."""
     X, Y = check_pair(X, Y)
     n = X.shape[0]
     ks = check_ks(ks, n)
@@ -43,7 +48,7 @@ def neighborhood_preservation(
     chunk_size = check_count(chunk_size, "chunk_size")
 
     t0 = time.perf_counter()
-    eval_idx = eval_indices(n, n_eval, seed)
+    eval_idx = eval_indices(n, n_eval, seed) if rows is None else check_rows(rows, n)
     k_max = max(ks)
     nn_x = exact_knn(X, eval_idx, k_max, chunk_size, name="X")
     nn_y = exact_knn(Y, eval_idx, k_max, chunk_size, name="Y")

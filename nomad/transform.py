@@ -7,7 +7,8 @@ stand for |M| noise samples (weight |M| / S each, exact InfoNC-t-SNE noise, eq. 
 new points move, so a point never pulls the map, nor another new point (openTSNE's
 ``transform`` does the same). Each starts at the median of its neighbours' positions
 (openTSNE's default) and takes ``n_epochs`` full-batch gradient steps of the size a head takes
-in the fit (learning rate / batch under mean aggregation: 1 at the "auto" settings), decayed
+in the fit (learning rate / batch under mean aggregation: 10 ``lr_scale`` at the "auto" settings, so 2
+for NOMAD and 1 at the paper's n/10), decayed
 linearly to 0, with the fit's momentum and clipping. The whole set moves each epoch: the new
 points never interact, so this is a full batch of independent heads.
 """

@@ -375,3 +375,21 @@ def test_np_at_k_and_knn_accuracy_against_torchdr():
     hit = float(eval_module.knn_label_accuracy(Y, y, k=10, backend=None))
     neighbours = exact_knn(Y, np.arange(300), 10)
     assert hit == pytest.approx((y[neighbours] == y[:, None]).mean(), abs=1e-6)
+
+
+def test_np_over_given_rows_searches_all_points():
+    # p3 and p4 alone: NP@1 0 for both, NP@2 1/2 each; their neighbours still among all five
+    result = neighborhood_preservation(X_LINE, Y_SWAP, ks=(1, 2), rows=np.array([3, 4]))
+    assert result[1] == (0.0, 0.0)
+    assert result[2][0] == pytest.approx(0.5)
+    assert neighborhood_preservation(X_LINE, Y_SWAP, ks=(1,), rows=[0, 1, 2])[1][0] == 1.0
+
+
+@pytest.mark.parametrize(
+    "rows, message",
+    [([], "non-empty 1-D array"), ([0.5], "non-empty 1-D array"), ([0, 5], r"index the 5 points \(0..4\)"),
+     ([1, 1], "repeats a point")],
+)
+def test_np_rows_checked(rows, message):
+    with pytest.raises(InputError, match=message):
+        neighborhood_preservation(X_LINE, Y_SWAP, ks=(1,), rows=np.array(rows))
