@@ -1,7 +1,7 @@
 """Held-out quality of ``transform`` beside a refit (README, "The library").
 
 Fashion-MNIST (or MNIST): ``n_train`` training images and ``n_new`` held-out ones (from the
-test split), PCA to 50 dimensions fitted on the training images. Two ways to embed the
+test split), PCA to 50 dimensions fitted on the training images. Two ways (and a baseline) to embed the
 held-out points:
 
 * transform: NOMAD fitted on the training images, the held-out ones placed by

@@ -7,7 +7,7 @@ index. Then
 
     score_i = |N_X(i) ∩ N_Y(i)| / k,      NP@k = mean_i score_i,
 
-reported with the 95% CI half-width 1.96 * sd(score) / sqrt(n_eval) (population sd, as eval.py).
+reported with the 95% CI half-width 1.96 * sd(score) / sqrt(m), m the number of evaluation points (population sd, as eval.py).
 ``rows`` evaluates given points instead of a random sample (e.g. held-out points, whose
 neighbours are still searched among all n).
 A random embedding scores about k / (n - 1). Unlike eval.py we exclude the query by index rather

@@ -144,10 +144,12 @@ def prepare(cfg: DictConfig) -> Plan:
         )
     parametric = hyperparameters.get("parametric", False) or getattr(cls, "always_parametric", False)
     if cfg.get("holdout", False) and not (parametric or cls.transforms_new_points):
+        fix = ("set method.parametric=true, use" if "parametric" in accepted else "use")
         raise InputError(
-            f"holdout=true embeds the test split with transform, which method {name!r} offers "
-            "only as a parametric model: set method.parametric=true, use an engine method "
-            "(their transform places new points in a fixed map), or set holdout=false."
+            f"holdout=true embeds the test split with transform, which method {name!r} "
+            f"{'offers only as a parametric model' if 'parametric' in accepted else 'does not offer'}: "
+            f"{fix} an engine method (their transform places new points in a fixed map) or "
+            "tsimcne, or set holdout=false."
         )
     metric_options = _container(cfg.metrics, "metrics")
     _check_metric_options(metric_options)
@@ -204,10 +206,12 @@ def _capped_steps(key: str, value: Any) -> Any:
 
 
 def _fit_with_holdout(plan: Plan, data, cfg: DictConfig) -> tuple[np.ndarray, float, dict[str, float]]:
-    """Fit on the train split, embed the test split with ``transform`` (parametric methods).
+    """Fit on the train split, embed the test split with ``transform`` (parametric methods,
+    and the engine's free methods, whose ``transform`` places new points in the fixed map).
 
-    Returns the embedding of all rows, the fit time, and ``heldout_*`` metrics: NP@k and RTA
-    among the held-out points, the time of ``transform`` and its speed-up over the fit.
+    Returns the embedding of all rows, the fit time, and ``heldout_*`` metrics: the run's
+    metrics on the held-out points alone (no kNN accuracy), the time of ``transform`` and its
+    speed-up over the fit.
     """
     n_train = data.n_train
     if n_train >= len(data.X):

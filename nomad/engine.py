@@ -146,8 +146,9 @@ class ContrastiveEmbedding(EmbeddingMethod, BaseEstimator):
     Noise (:class:`~nomad.options.NoiseOptions`), the repulsive term:
         n_noise: |M|, the number of noise samples per head in the objective (the
             repulsion strength; m in tsne-to-umap-contrastive; per edge with edge sampling).
-        noise: "uniform" over all points (eq. 2) or "batch_neighbors": drawn from the pool
-            of the batch's positives, each standing for |M|/S samples (the reference code).
+        noise: "uniform" over the head's noise domain D (all points without approximation,
+            eq. 2) or "batch_neighbors": drawn from the pool of the batch's positives (the
+            reference code); each of the S draws stands for |M| p(m in D) / S samples.
         The trainers that draw heads (heads, parametric on heads) also read:
         noise_samples: S, noise points actually drawn per head to estimate it
             ("auto" = min(|M|, 32)); each stands for |M| p(m in D) / S samples.
@@ -182,8 +183,10 @@ class ContrastiveEmbedding(EmbeddingMethod, BaseEstimator):
             then the target; one learning-rate schedule spans all epochs and the optimiser is
             not reset (as in cne). 0 = off. Only for losses with a spectrum parameter (nomad,
             infonc_tsne, neg_tsne); ncvis and umap_loss refuse it (cne applies it to neither).
-        clip_grad: clip each gradient coordinate (of the positions, or of the encoder's
-            parameters) of the aggregated loss (cne, UMAP: 4).
+        clip_grad: clip each gradient coordinate (cne, UMAP: 4): for free positions, of the
+            batch's summed gradient, before the 1/B of mean aggregation (which the step size
+            carries); for an encoder, of its parameters' gradient of the aggregated loss. The
+            two agree under sum aggregation.
 
     Init (:class:`~nomad.options.InitOptions`):
         init: "pca", or an (n, 2) array of starting positions (used as given);
@@ -202,8 +205,8 @@ class ContrastiveEmbedding(EmbeddingMethod, BaseEstimator):
         Edges (:class:`~nomad.options.EdgesOptions`): graph: "binary" (cne) or "umap" (UMAP's
             fuzzy simplicial set); push_noise: negatives are pushed too (cne; heads and the
             encoder always push theirs); correct_repulsion: umap-true-loss eq. 18;
-            loss_log_every / loss_log_pairs: purported, effective and actual UMAP losses every
-            that many epochs, in ``loss_log_``; all-pair sums exact up to that many pairs
+            loss_log_every / loss_log_pairs: purported, effective and actual UMAP losses after
+            the first epoch and every that many epochs, in ``loss_log_``; all-pair sums exact up to that many pairs
             (correct_repulsion and the log: UMAP's loss only).
         Parametric: hidden: the encoder's layer widths; on edges also ``graph``.
 
@@ -459,9 +462,9 @@ class ContrastiveEmbedding(EmbeddingMethod, BaseEstimator):
         ``lr_schedule``, no early exaggeration. The encoder of a parametric model continues
         training. Returns ``self`` with the new ``embedding_``; ``loss_history_`` grows."""
         self._check_fitted("optimize")
-        _check_number("n_epochs", n_epochs, minimum=1, integer=True)
+        _check_number("n_epochs", n_epochs, minimum=1, integer=True, call="optimize")
         if learning_rate is not None:
-            _check_number("learning_rate", learning_rate, minimum=0, strict=True)
+            _check_number("learning_rate", learning_rate, minimum=0, strict=True, call="optimize")
         options = self.options()
         self._run(self._fit_X, self.embedding_, int(n_epochs), learning_rate, options, exaggerate=False)
         return self
@@ -592,7 +595,7 @@ class ContrastiveEmbedding(EmbeddingMethod, BaseEstimator):
         if np.shape(X)[1] != self._fit_X.shape[1]:
             raise InputError(f"X has {np.shape(X)[1]} columns but the model was fitted on "
                              f"{self._fit_X.shape[1]}: give points of the training data's space")
-        _check_number("n_epochs", n_epochs, minimum=0, integer=True)
+        _check_number("n_epochs", n_epochs, minimum=0, integer=True, call="transform")
         index, schedule = self.options_.index, self.options_.schedule
         with self._phase("transform"):
             if self.encoder_ is not None:

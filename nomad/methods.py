@@ -14,7 +14,8 @@ class NOMAD(ContrastiveEmbedding):
     The InfoNC-t-SNE loss with the noise from cells on other devices replaced by the
     cell means (eq. 3-5), inverse-rank p(j|i) (eq. 6), PCA init, SGD annealed linearly to 0
     (sec. 3.4). On one device with ``approximate="remote"`` nothing is approximated and the
-    loss is exactly InfoNC-t-SNE.
+    loss is exactly InfoNC-t-SNE. ``s`` (0, the paper's) is the spectrum parameter of that
+    InfoNCE loss, as in :class:`InfoNCTSNE` (repulsion x 4^-s).
 
     Defaults not fixed by the paper follow the authors' figure scripts (k = 8 neighbours,
     |M| = 10,000 noise samples per head, momentum 0.8); ``noise_samples`` = 256 draws

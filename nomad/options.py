@@ -36,9 +36,10 @@ from .errors import InputError
 
 
 def check_number(name: str, value, *, minimum: float, integer: bool = False, auto: bool = False,
-                 strict: bool = False) -> None:
+                 strict: bool = False, call: str | None = None) -> None:
     """Raise unless ``value`` is a finite number ``>= minimum`` (``> minimum`` if ``strict``),
-    whole if ``integer``; ``"auto"`` passes where ``auto``."""
+    whole if ``integer``; ``"auto"`` passes where ``auto``. The message names the option
+    ``method.<name>``, or the argument of the method ``call`` when given."""
     if auto and value == "auto":
         return
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
@@ -47,7 +48,8 @@ def check_number(name: str, value, *, minimum: float, integer: bool = False, aut
         kind = "an integer" if integer else "a number"
         bound = f"> {minimum}" if strict else f">= {minimum}"
         extra = " or 'auto'" if auto else ""
-        raise InputError(f"method.{name}={value!r} is invalid: it must be {kind} {bound}{extra}")
+        label = f"{call}({name}={value!r})" if call else f"method.{name}={value!r}"
+        raise InputError(f"{label} is invalid: it must be {kind} {bound}{extra}")
 
 
 def check_choice(name: str, value, allowed: Sequence) -> None:
@@ -334,8 +336,8 @@ def resolve(params: dict[str, Any], defaults: dict[str, Any], *, method: str, mu
     if p["sampling"] == "edges" and (n_devices > 1 or approximate != "none"
                                      or default_approximate != "none"):  # NOMAD's noise needs cell means
         raise InputError("sampling='edges' trains on one device with exact noise: use it with "
-                         "infonc_tsne, neg_tsne, ncvis or umap_loss and devices=1 (or keep "
-                         "method.sampling=heads)")
+                         "infonc_tsne, neg_tsne, ncvis or umap_loss, devices=1 and "
+                         "approximate=none (or keep method.sampling=heads)")
     if p["parametric"]:
         trainer_cls = ParametricEdgesOptions if p["sampling"] == "edges" else ParametricOptions
     else:

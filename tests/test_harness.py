@@ -166,6 +166,7 @@ def test_paths_follow_environment_variables(monkeypatch, tmp_path: Path) -> None
         (["+metrics.bogus=1"], "bogus"),
         (["+metrics.seed=1"], "seed"),
         (["seed=-1"], "seed=-1"),
+        (["holdout=true"], "method 'pca' does not offer: use an engine method"),
     ],
 )
 def test_prepare_rejects_bad_requests(overrides: list[str], expected: str) -> None:

@@ -160,8 +160,10 @@ def test_optimize_continues_from_the_embedding(digits):
     assert float(model.loss_.log_z.detach()) != log_z  # NCVis' learned Z carries on
     with pytest.raises(InputError, match="not fitted"):
         NOMAD().optimize(5)
-    with pytest.raises(InputError, match="n_epochs"):
+    with pytest.raises(InputError, match=r"^optimize\(n_epochs=0\) is invalid"):
         model.optimize(0)
+    with pytest.raises(InputError, match=r"^transform\(n_epochs=-1\) is invalid"):
+        model.transform(X[:5], n_epochs=-1)
 
 
 # -- init, precomputed neighbours, callbacks ------------------------------------------------------------
