@@ -3,7 +3,8 @@
 Contrastive neighbor embedding (tsne-to-umap-contrastive; ALGORITHMS.md sec. 1): the positives
 are the directed edges (i, j) of the binary symmetric kNN graph, streamed in shuffled batches of
 ``batch_size`` edges; each head i gets ``negative_samples`` = m negatives drawn uniformly from
-the other endpoints of its batch, resampled every batch. With q_ij = 1 / (1 + ||y_i - y_j||²)
+the other endpoints of its batch (their positions in the batch drawn once an epoch, cne's
+``force_resample=None``). With q_ij = 1 / (1 + ||y_i - y_j||²)
 the loss per head is, by ``loss_mode``:
 
 * ``"infonce"`` (InfoNC-t-SNE):  -½ [log q_ij - 4^-s log(q_ij + Σ_{k∈M_i} q_ik)]
@@ -26,7 +27,8 @@ Adam for the parametric runs (ALGORITHMS.md sec. 1.6).
 
 Phases: ``"knn"`` builds cne's graph exactly as ``CNE.fit`` does when given no graph (Annoy,
 euclidean, 50 trees, the k + 1 nearest items of each point minus the first, edges symmetrised
-with weight 1) and hands it to ``CNE.fit(graph=...)``; ``"fit"`` is the initialisation and
+with weight 1; the same graph, assembled in one vectorised step where cne fills a ``lil_matrix``
+point by point, so the "knn" time is a lower bound of cne's) and hands it to ``CNE.fit(graph=...)``; ``"fit"`` is the initialisation and
 optimisation. The non-parametric start is cne's: the top two PCs (scikit-learn ``PCA``)
 rescaled to std(PC1) = ``init_scale`` (1e-4 in cne 0.4.0; the paper's scripts used 1.0). The
 PCA is seeded here; cne leaves it unseeded, which matters where scikit-learn picks its
@@ -125,6 +127,7 @@ class CNE(EmbeddingMethod):
         early_exaggeration: bool = True,
         loss_aggregation: str = "sum",
         clip_grad: bool = True,
+        clamp_low: float | str = "auto",
         init_scale: float = 1e-4,
         knn: str = "annoy",
         random_state: int = 0,
@@ -145,6 +148,7 @@ class CNE(EmbeddingMethod):
         self.early_exaggeration = early_exaggeration
         self.loss_aggregation = loss_aggregation
         self.clip_grad = clip_grad
+        self.clamp_low = clamp_low
         self.init_scale = init_scale
         self.random_state = random_state
         self.n_jobs = n_jobs
@@ -164,9 +168,9 @@ class CNE(EmbeddingMethod):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise InputError(f"CNE: {name} must be a whole number >= 1, got {value!r}.")
-        for name in ("learning_rate", "init_scale"):
+        for name in ("learning_rate", "clamp_low", "init_scale"):
             value = getattr(self, name)
-            if not (name == "learning_rate" and value == "auto") and not (
+            if not (name in ("learning_rate", "clamp_low") and value == "auto") and not (
                 isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
             ):
                 raise InputError(f"CNE: {name} must be a number > 0, got {value!r}.")
@@ -192,6 +196,7 @@ class CNE(EmbeddingMethod):
             "early_exaggeration": self.early_exaggeration,
             "loss_aggregation": self.loss_aggregation,
             "clip_grad": self.clip_grad,
+            "clamp_low": self.clamp_low,
             "print_freq_epoch": None,
             "device": "cpu",
         }

@@ -55,7 +55,8 @@ _INITIALIZATIONS = ("pca", "spectral", "random")
 class OpenTSNE(EmbeddingMethod):
     """openTSNE's default t-SNE, phases ``"knn"`` (affinities) and ``"fit"`` (init + optimisation).
 
-    Parameters follow ``openTSNE.TSNE`` (same names, same defaults).
+    Parameters follow ``openTSNE.TSNE`` (same names, same defaults), except ``n_jobs``: -1 (all
+    cores, as every method of the harness uses them) where openTSNE's default is 1 thread.
     """
 
     def __init__(

@@ -23,16 +23,22 @@ logged), so ``timings_`` measure the algorithm, not the compiler.
 
 Seeding: ``random_state`` is passed to pynndescent and to ``umap.UMAP``; umap-learn then runs
 its layout optimisation single-threaded (it overrides ``n_jobs`` to 1 whenever a seed is
-given, so that the run reproduces). That is umap-learn's behaviour, kept here: its "fit"
-timings are single-threaded timings. The kNN search here uses ``n_jobs`` threads (umap-learn
-would run it single-threaded too); on digits, 1 and 2 threads gave the same embedding.
+given, so that the run reproduces). That is umap-learn's behaviour, kept by default: its "fit"
+timings are then single-threaded timings. ``parallel_layout=True`` gives umap-learn no seed, as
+its unseeded default call does, so the layout runs on ``n_jobs`` threads; numpy's global
+generator, which umap-learn then draws from, is seeded (and restored) for the start and the
+layout's seeds, but the threads' lock-free updates race, so such a run does not reproduce
+exactly. The kNN search uses ``n_jobs`` threads either way (umap-learn's seeded call would run it
+single-threaded); on digits, 1 and 2 threads gave the same embedding.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import warnings
+from collections.abc import Iterator
 from functools import cache
 
 import numpy as np
@@ -50,19 +56,36 @@ log = logging.getLogger(__name__)
 
 
 @cache
-def _compile_kernels(metric: str, n_jobs: int) -> None:
+def _compile_kernels(metric: str, n_jobs: int, parallel_layout: bool) -> None:
     """Run the whole pipeline once on 64 random points so numba compiles it outside the timings."""
     t0 = time.perf_counter()
-    UMAP(n_epochs=2, metric=metric)._embed(
+    UMAP(n_epochs=2, metric=metric, parallel_layout=parallel_layout)._embed(
         np.random.default_rng(0).normal(size=(64, 3)).astype(np.float32), n_jobs
     )
     log.info("UMAP: numba compilation took %.1f s (not in timings_)", time.perf_counter() - t0)
 
 
+@contextlib.contextmanager
+def _global_numpy_seed(seed: int | None) -> Iterator[None]:
+    """numpy's global generator seeded with ``seed`` inside the block, restored after it (None:
+    left alone)."""
+    if seed is None:
+        yield
+        return
+    state = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        yield
+    finally:
+        np.random.set_state(state)
+
+
 class UMAP(EmbeddingMethod):
     """umap-learn's UMAP, phases ``"knn"`` (pynndescent) and ``"fit"`` (graph + layout).
 
-    Parameters follow ``umap.UMAP`` (same names, same defaults).
+    Parameters follow ``umap.UMAP`` (same names, same defaults), and ``parallel_layout``
+    (see the module docstring: False, the seeded single-threaded layout; True, umap-learn's
+    unseeded multi-threaded one).
     """
 
     def __init__(
@@ -76,6 +99,7 @@ class UMAP(EmbeddingMethod):
         metric: str = "euclidean",
         random_state: int = 0,
         n_jobs: int = -1,
+        parallel_layout: bool = False,
     ) -> None:
         self.n_neighbors = n_neighbors
         self.min_dist = min_dist
@@ -86,6 +110,7 @@ class UMAP(EmbeddingMethod):
         self.metric = metric
         self.random_state = random_state
         self.n_jobs = n_jobs
+        self.parallel_layout = parallel_layout
 
     def fit_transform(self, X: np.ndarray) -> np.ndarray:
         """Embed ``X`` (n x d) into 2-D; returns an ``n x 2`` float32 array."""
@@ -98,7 +123,9 @@ class UMAP(EmbeddingMethod):
             raise InputError(f"UMAP: n_neighbors must be >= 2, got {self.n_neighbors}.")
         X = check_data(X, min_samples=self.n_neighbors + 1, method="UMAP")
         n_jobs = effective_n_jobs(self.n_jobs)
-        _compile_kernels(self.metric, n_jobs)
+        if not isinstance(self.parallel_layout, bool):
+            raise InputError(f"UMAP: parallel_layout must be true or false, got {self.parallel_layout!r}.")
+        _compile_kernels(self.metric, n_jobs, self.parallel_layout)
         self.embedding_ = self._embed(X, n_jobs)
         log.info("UMAP: timings %s", self.timings_)
         return self.embedding_
@@ -127,11 +154,11 @@ class UMAP(EmbeddingMethod):
                 negative_sample_rate=self.negative_sample_rate,
                 learning_rate=self.learning_rate,
                 metric=self.metric,
-                random_state=self.random_state,
+                random_state=None if self.parallel_layout else self.random_state,
                 n_jobs=n_jobs,
                 precomputed_knn=knn,
             )
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), _global_numpy_seed(self.random_state if self.parallel_layout else None):
                 warnings.filterwarnings("ignore", message="n_jobs value", category=UserWarning)
                 embedding = reducer.fit_transform(X)
         return np.ascontiguousarray(embedding, dtype=np.float32)

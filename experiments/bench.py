@@ -22,7 +22,8 @@ reported as failed in its row and the benchmark goes on.
 Each rival at its best: ``protocols`` maps a method to its paper's protocol
 (``conf/protocol/<name>.yaml``), run as a second row beside the method's defaults row, or to
 ``defaults`` where the method's defaults are its paper's protocol (one row). The ``setting``
-column labels every row: ``defaults``, ``defaults = paper`` or ``protocol <name>``. A protocol row
+column labels every row: ``defaults``, ``defaults = paper`` or ``protocol <name>``, followed by
+`` + key=value, ...`` where overrides change the row's settings. A protocol row
 is the method's config, then the protocol, then ``protocol_overrides.<method>`` (the
 ``method_overrides`` belong to the defaults row only).
 """
@@ -75,7 +76,7 @@ KNN, OPTIMISATION, TOTAL, RSS = "kNN/index (s)", "optimisation (s)", "total (s)"
 METRICS = "metrics (s)"  # metrics.evaluate in the parent, not in the total
 WARMUP = "warm-up (s)"  # the untimed warm-up fit (numba compilation etc.), not in the total
 KNN_INDEX = "kNN search"
-SETTING = "setting"  # defaults, defaults = paper, or protocol <name>
+SETTING = "setting"  # defaults, defaults = paper, or protocol <name>; + the overrides
 #: ``protocols`` value of a method whose defaults are its paper's protocol (no second row)
 PAPER_DEFAULTS = "defaults"
 RTA, KNN_ACC, RATIO, NOTE = "RTA", "kNN acc", f"time / {REFERENCE}", "note"
@@ -320,6 +321,8 @@ def _entry(
     if protocol is not None:  # its tables, which the method's values interpolate
         run["protocol"] = OmegaConf.to_container(composed.get("protocol") or {}, resolve=False)
         setting = f"protocol {protocol}"
+    if overrides:  # a row off its method's defaults or protocol says how far off
+        setting += " + " + ", ".join(f"{key}={value}" for key, value in overrides.items())
     run_cfg = OmegaConf.create(run)
     try:
         plan = prepare(run_cfg)

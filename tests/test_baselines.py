@@ -137,7 +137,7 @@ def test_opentsne_rejects_bad_params(digits, method) -> None:
         method.fit_transform(digits[0])
 
 
-@pytest.mark.parametrize("kwargs", [{"metric": "nope"}, {"n_neighbors": 1}], ids=str)
+@pytest.mark.parametrize("kwargs", [{"metric": "nope"}, {"n_neighbors": 1}, {"parallel_layout": "yes"}], ids=str)
 def test_umap_rejects_bad_params(digits, kwargs) -> None:
     with pytest.raises(InputError, match="UMAP"):
         baselines_attr("UMAP")(**kwargs).fit_transform(digits[0])
@@ -173,3 +173,14 @@ def test_umap_seed_reproduces(digits) -> None:
     )
     np.testing.assert_array_equal(first, again)
     assert not np.allclose(first, other)
+
+
+@pytest.mark.slow  # numba compiles umap-learn's parallel layout on its first call
+def test_umap_parallel_layout_embeds_and_leaves_numpys_generator_alone(digits) -> None:
+    X, y = digits
+    state = np.random.get_state()[1].copy()
+    method = baselines_attr("UMAP")(random_state=0, n_jobs=2, parallel_layout=True)
+    Z = method.fit_transform(X)
+    np.testing.assert_array_equal(np.random.get_state()[1], state)
+    check_embedding(Z, len(X))
+    assert knn_accuracy(Z, y) > 0.8

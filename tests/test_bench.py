@@ -91,6 +91,14 @@ def test_one_row_per_method_in_the_order_asked(report: bench.Report) -> None:
 
 
 @pytest.mark.slow
+def test_a_row_off_its_defaults_says_so(report: bench.Report) -> None:
+    settings = dict(zip(report.table["method"], report.table[bench.SETTING]))
+    assert settings["pca"] == "defaults"
+    assert settings["nomad"] == "defaults + n_epochs=20"
+    assert settings["opentsne"] == "defaults = paper + n_iter=50, early_exaggeration_iter=50"
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["pca", "nomad", "opentsne"])
 def test_methods_that_ran_have_finite_measurements(report: bench.Report, method: str) -> None:
     measured = row(report.table, method)

@@ -203,6 +203,12 @@ def test_cne_spectrum_parameter_reaches_cne(digits) -> None:
     default = cls(loss_mode="neg", n_epochs=1, n_jobs=1)
     default.fit_transform(X)
     assert default.cne_.cne.neg_spec == 1.0  # cne's default: UMAP-like
+    assert default.cne_.cne.clamp_low == 1e-4  # cne's "auto" for euclidean
+    low = cls(clamp_low=1e-10, n_epochs=1, n_jobs=1)
+    low.fit_transform(X)
+    assert low.cne_.cne.clamp_low == 1e-10
+    with pytest.raises(InputError, match="clamp_low must be a number > 0"):
+        cls(clamp_low=0).fit_transform(X)
 
 
 def test_cne_parametric_transforms_new_points(digits) -> None:

@@ -244,6 +244,8 @@ def test_damrich_iclr_cne_sets_cnes_keys():
     assert (m.n_epochs, m.batch_size, m.negative_samples, m.init_scale) == (750, 1024, 5, 1.0)
     assert m.early_exaggeration is True and m.optimizer == "sgd" and m.loss_aggregation == "sum"
     assert cfg.dataset.encoder_input == "pca"
+    assert m.clamp_low == 1e-10  # the paper's scripts; cne's default "auto" is 1e-4
+    assert task(["method=cne_neg"]).method.clamp_low == "auto"
     parametric = task(["method=cne", "protocol=damrich_iclr_cne", "method.parametric=true"])
     # Adam, and the paper's network reads the raw features while the graph comes from the PCA'd rows
     assert parametric.method.optimizer == "adam" and parametric.dataset.encoder_input == "raw"
