@@ -304,6 +304,10 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
             "dim": dim,
             "accelerator": plan.accelerator,
             "devices": plan.devices,
+            # which neighbour search the fit used, and whether the engine read its index from
+            # the cache (then time_total_s holds no kNN search: compare it with care)
+            "knn_index": getattr(plan.method, "knn_index_", None),
+            "knn_cached": bool(getattr(plan.method, "index_cached_", False)),
         }
     )
 

@@ -332,6 +332,20 @@ def test_holdout_places_the_test_split_with_a_free_map_transform(tmp_path: Path)
     assert 0 < metrics["heldout_np@10"] <= 1 and metrics["time_transform_s"] > 0
 
 
+def test_a_run_says_when_its_knn_index_came_from_the_cache(tmp_path: Path) -> None:
+    """time_total_s holds no kNN search when the engine read its index from the cache; the
+    metrics say which search ran and whether it was cached."""
+    overrides = ["method=infonc_tsne", "method.n_epochs=5", "trainer.accelerator=cpu",
+                 "trainer.warmup=false", f"results_file={tmp_path}/r.jsonl",
+                 f"method.cache_dir={tmp_path / 'cache'}"]  # fmt: skip
+    first = run(task_config(overrides), tmp_path / "a")
+    again = run(task_config(overrides), tmp_path / "b")
+    assert (first["knn_cached"], again["knn_cached"]) == (False, True)
+    assert first["knn_index"] == again["knn_index"] and first["knn_index"]
+    uncached = run(task_config([*overrides[:-1], "method.cache_dir=null"]), tmp_path / "c")
+    assert uncached["knn_cached"] is False
+
+
 def test_an_encoder_reads_the_raw_rows_and_the_graph_the_pca_rows(tmp_path: Path, monkeypatch) -> None:
     """dataset.encoder_input=raw: a parametric fit and its transform read the rows before PCA,
     the kNN graph and the metrics the PCA'd rows; a free-position method is refused."""
@@ -407,6 +421,8 @@ def test_run_writes_the_contract_and_one_row_and_two_runs_get_two_dirs(tmp_path:
             "distance_spearman",
             "n",
             "dim",
+            "knn_index",
+            "knn_cached",
         ):
             assert key in metrics, key
         assert (metrics["n"], metrics["dim"]) == (1797, 64)
