@@ -14,7 +14,11 @@ run stops with a clear error. Not exercised here: as read from its 0.4.24 wheel,
 passes ``warmup=`` to ``PLtSimCNE``, whose signature names it ``warmup_epochs``, and reads
 ``self.use_ffcv`` that ``__init__`` never sets (set below), so that release may need a patch.
 Seeding: torch's global generator (Lightning's ``seed_everything``); the data loader runs in
-the main process (``num_workers=0``) so that the seed covers the augmentations.
+the main process (``num_workers=0``, the package's default is 8 workers) so that the seed covers
+the augmentations, which then run in series with the training.
+Device: the package builds its Lightning ``Trainer`` with Lightning's default accelerator
+("auto": a visible GPU if there is one), so the adapter refuses to run where that would differ
+from the run's ``accelerator``: the row's device is then the one that trained.
 """
 
 from __future__ import annotations
@@ -93,7 +97,21 @@ class TSimCNERef(EmbeddingMethod):
 
         return Images()
 
+    def _check_device(self) -> None:
+        """Lightning's "auto" picks a visible GPU: the run's accelerator must say the same."""
+        import torch
+
+        gpu = torch.cuda.is_available()
+        if (self.accelerator == "cuda") != gpu:
+            raise InputError(
+                f"tsimcne_ref trains where Lightning's 'auto' puts it, on the "
+                f"{'GPU' if gpu else 'CPU'} here, but the run asks for accelerator="
+                f"{self.accelerator!r}: set trainer.accelerator={'cuda' if gpu else 'cpu'}"
+                + (", or hide the GPU (CUDA_VISIBLE_DEVICES=) to train on the CPU" if gpu else "")
+            )
+
     def fit_transform(self, X: np.ndarray) -> np.ndarray:
+        self._check_device()
         tsimcne = _import_tsimcne()
         import lightning
 

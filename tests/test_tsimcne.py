@@ -177,6 +177,17 @@ def test_reference_adapter_without_the_package_says_how_to_install() -> None:
         plan.method.fit_transform(images(8, (28, 28)))
 
 
+@pytest.mark.parametrize("accelerator, gpu, fix", [("cpu", True, "CUDA_VISIBLE_DEVICES="),
+                                                   ("cuda", False, "trainer.accelerator=cpu")])
+def test_reference_adapter_refuses_a_device_lightning_would_not_use(monkeypatch, accelerator, gpu, fix) -> None:
+    from baselines.tsimcne import TSimCNERef
+
+    monkeypatch.setattr("torch.cuda.is_available", lambda: gpu)
+    method = TSimCNERef(image_shape=(8, 8, 3), accelerator=accelerator)
+    with pytest.raises(InputError, match=f"accelerator='{accelerator}'.*{fix}"):
+        method.fit_transform(images(8, (8, 8, 3)))
+
+
 def test_reference_adapter_runs_the_package() -> None:
     pytest.importorskip("tsimcne")
     from baselines.tsimcne import TSimCNERef
