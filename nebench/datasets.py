@@ -182,9 +182,12 @@ LOADERS: dict[str, Callable[..., Dataset]] = {
 }
 
 
-def load_dataset(cfg: Mapping, data_dir: str | PathLike, seed: int = 0) -> Dataset:
+def load_dataset(cfg: Mapping, data_dir: str | PathLike, seed: int = 0, *,
+                 fit_on_train: bool = False) -> Dataset:
     """Load and preprocess the dataset described by ``cfg`` (the Hydra ``dataset`` node or a
-    plain dict); bad configs and bad files raise :class:`InputError` before heavy work."""
+    plain dict); bad configs and bad files raise :class:`InputError` before heavy work.
+    ``fit_on_train``: the PCA axes are fitted on the train rows alone (a held-out split must not
+    shape the basis its rows are embedded in)."""
     params = _plain(cfg)
     loader_name = params.pop("loader", None)
     if loader_name not in LOADERS:
@@ -210,7 +213,7 @@ def load_dataset(cfg: Mapping, data_dir: str | PathLike, seed: int = 0) -> Datas
     if n is not None:
         ds = preprocess.subsample(ds, n, seed)
     if n_pca is not None:  # casts chunk by chunk: no float32 copy of all the raw data
-        X = preprocess.pca(ds.X, n_pca, seed)
+        X = preprocess.pca(ds.X, n_pca, seed, fit_rows=ds.n_train if fit_on_train else None)
         if encoder_input == "raw":
             ds.X_encoder = preprocess.to_float32(ds.X)
             if l2:

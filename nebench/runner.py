@@ -264,7 +264,8 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     plan = prepare(cfg)
     _check_encoder_input(cfg, plan)
 
-    data = load_dataset(cfg.dataset, cfg.paths.data_dir, cfg.seed)
+    holdout = bool(cfg.get("holdout", False))
+    data = load_dataset(cfg.dataset, cfg.paths.data_dir, cfg.seed, fit_on_train=holdout)
     check_data(data.X, min_points=plan.min_points)
     n, dim = data.X.shape
     log.info("%s on %s: n=%d, dim=%d", plan.name, data.name, n, dim)
@@ -275,7 +276,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         time_warmup = warm_up(plan, data.X, cfg.seed)
     heldout: dict[str, float] = {}
     with PeakMemory() as peak:
-        if cfg.get("holdout", False):
+        if holdout:
             Y, time_total, heldout = _fit_with_holdout(plan, data, cfg)
         else:
             start = time.perf_counter()

@@ -217,6 +217,20 @@ def test_pca_on_large_data_fits_a_subsample_and_transforms_in_chunks(monkeypatch
     assert Y.var(axis=0).sum() > 0.95 * full.explained_variance_.sum()
 
 
+def test_held_out_rows_do_not_shape_the_pca(split_npz):
+    """fit_on_train: the axes come from the 70 train rows alone; the 30 test rows are only
+    projected (without it, all 100 rows shape the basis)."""
+    cfg = {"name": "s", "loader": "npz", "file": "split.npz", "pca": 2}
+    X = np.load(split_npz / "split.npz")["X"].astype(np.float32)
+    train_only = load_dataset(cfg, split_npz, seed=0, fit_on_train=True).X
+    ref = PCA(n_components=2, random_state=0).fit(X[:70]).transform(X)
+    np.testing.assert_allclose(np.abs(train_only), np.abs(ref), atol=1e-4)
+    everything = load_dataset(cfg, split_npz, seed=0).X
+    assert not np.allclose(np.abs(everything), np.abs(train_only), atol=1e-2)
+    with pytest.raises(InputError, match="fitted on 2 points"):
+        preprocess.pca(X, 3, seed=0, fit_rows=2)
+
+
 def test_encoder_input_raw_keeps_the_rows_before_pca():
     from sklearn.datasets import load_digits
 

@@ -36,23 +36,27 @@ def to_float32(X: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(X, dtype=np.float32)
 
 
-def pca(X: np.ndarray, n_components: int, seed: int) -> np.ndarray:
-    """Project onto the top ``n_components`` principal axes (sklearn PCA, random_state=seed).
+def pca(X: np.ndarray, n_components: int, seed: int, fit_rows: int | None = None) -> np.ndarray:
+    """Project onto the top ``n_components`` principal axes (sklearn PCA, random_state=seed),
+    fitted on the first ``fit_rows`` rows (None: all of them; a held-out split's train rows).
 
-    For more than ``PCA_FIT_MAX`` points, the axes are fitted on a seeded subsample of that
+    For more than ``PCA_FIT_MAX`` fitting rows, the axes are fitted on a seeded subsample of that
     size and all points are transformed in chunks of ``CHUNK_ROWS``. Any dtype (e.g. a uint8
     memmap) is cast to float32 one chunk at a time.
     """
     n, d = X.shape
-    if n_components > min(n, d):
+    n_fit = n if fit_rows is None else int(fit_rows)
+    if n_components > min(n_fit, d):
         raise InputError(
-            f"dataset.pca={n_components} but the data have {n} points of {d} dims: set "
-            f"dataset.pca to at most {min(n, d)}, or dataset.pca=null to turn PCA off"
+            f"dataset.pca={n_components} but the PCA is fitted on {n_fit} points of {d} dims: set "
+            f"dataset.pca to at most {min(n_fit, d)}, or dataset.pca=null to turn PCA off"
         )
     model = PCA(n_components=n_components, random_state=seed)
-    if n <= PCA_FIT_MAX:
+    if n_fit == n and n <= PCA_FIT_MAX:
         return to_float32(model.fit_transform(to_float32(X)))
-    fit_idx = np.sort(np.random.default_rng(seed).choice(n, size=PCA_FIT_MAX, replace=False))
+    fit_idx = np.arange(n_fit)
+    if n_fit > PCA_FIT_MAX:
+        fit_idx = np.sort(np.random.default_rng(seed).choice(n_fit, size=PCA_FIT_MAX, replace=False))
     model.fit(to_float32(X[fit_idx]))
     out = np.empty((n, n_components), dtype=np.float32)
     for start in range(0, n, CHUNK_ROWS):
