@@ -31,13 +31,16 @@ log = logging.getLogger(__name__)
 DEFAULT_RESULTS = Path(os.environ.get("NEBENCH_RESULTS_DIR", "results")) / "results.jsonl"
 #: the device setup of a run
 DEVICE_COLUMNS = ("accelerator", "devices")
-#: configuration columns besides the prefixed ones (the seed is not one: seeds are averaged)
-CONFIG_COLUMNS = ("dataset", "method", "n", "dim", "holdout", *DEVICE_COLUMNS, "code_version")
+#: configuration columns besides the prefixed ones (the seed is not one: seeds are averaged);
+#: a run whose kNN index came from the cache (no search in its time) and one on another number
+#: of cores are not the same measurement
+CONFIG_COLUMNS = ("dataset", "method", "n", "dim", "holdout", *DEVICE_COLUMNS, "code_version",
+                  "knn_cached", "cpus")
 CONFIG_PREFIXES = ("method.", "dataset.", "metrics.", "trainer.")
 #: hyperparameters that count a method's optimisation steps, in order of preference
 BUDGET_COLUMNS = ("method.n_epochs", "method.n_iter")
 #: summary columns that are neither keys nor metrics
-SUMMARY_EXTRA = ("seeds", "budget")
+SUMMARY_EXTRA = ("seeds", "runs", "budget")
 TIME = "time_total_s"
 #: quality metrics besides NP@k, in the summary's order
 QUALITY = ("rta", "knn_acc", "trustworthiness", "continuity", "distance_spearman")
@@ -79,7 +82,8 @@ def summarize(table: pd.DataFrame, quality: Sequence[str]) -> pd.DataFrame:
     grouped = table.groupby([*keys, *hidden], dropna=False, sort=False)
     summary = grouped[columns].agg(["mean", "std"])
     summary.columns = [f"{c}_{stat}" for c, stat in summary.columns]
-    summary["seeds"] = grouped.size()
+    summary["seeds"] = grouped["seed"].nunique() if "seed" in table.columns else grouped.size()
+    summary["runs"] = grouped.size()  # more than seeds where a seed was run again
     summary["budget"] = grouped["budget"].first()
     summary = summary.reset_index().drop(columns=hidden)
     # values of one column may mix types (learning_rate "auto" and 200.0): order as text
@@ -92,10 +96,12 @@ def markdown(summary: pd.DataFrame, quality: Sequence[str]) -> str:
         c for c in summary.columns if not c.endswith(("_mean", "_std")) and c not in SUMMARY_EXTRA
     ]
     metrics = [c for c in (*quality, TIME) if f"{c}_mean" in summary.columns]
-    header = [*keys, "seeds", *(_title(m) for m in metrics)]
+    repeated = bool((summary["runs"] != summary["seeds"]).any())  # then say how many runs
+    header = [*keys, "seeds", *(["runs"] if repeated else []), *(_title(m) for m in metrics)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for _, row in summary.iterrows():
         cells = [_cell(row[k]) for k in keys] + [str(row["seeds"])]
+        cells += [str(row["runs"])] if repeated else []
         for m in metrics:
             digits = 1 if m == TIME else 3
             mean, sd = row[f"{m}_mean"], row[f"{m}_std"]
@@ -114,6 +120,8 @@ def fig3_points(summary: pd.DataFrame, quality: str) -> pd.DataFrame:
         setup = summary[device_columns].map(_cell).agg(" x ".join, axis=1)
         several = setup.groupby(summary["method"]).transform("nunique") > 1
         series = series.where(~several, series + " (" + setup + ")")
+    if "knn_cached" in summary.columns:  # no kNN search in these times: a series of its own
+        series = series.where(~summary["knn_cached"].eq(True), series + " (kNN index cached)")
     return pd.DataFrame(
         {
             "dataset": summary["dataset"],

@@ -309,6 +309,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
             # the cache (then time_total_s holds no kNN search: compare it with care)
             "knn_index": getattr(plan.method, "knn_index_", None),
             "knn_cached": bool(getattr(plan.method, "index_cached_", False)),
+            "cpus": len(os.sched_getaffinity(0)),  # the cores this run could use ("-1" threads)
         }
     )
 

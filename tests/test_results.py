@@ -225,7 +225,8 @@ def test_report_writes_summary_and_fig3_plots(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "key, a, b",
     [("dataset.n", 1000, 2000), ("holdout", False, True), ("metrics.n_eval", 5000, None),
-     ("code_version", "abc", "abd"), ("dataset.pca", 50, None)],
+     ("code_version", "abc", "abd"), ("dataset.pca", 50, None), ("knn_cached", False, True),
+     ("cpus", 2, 16)],
 )  # fmt: skip
 def test_report_keeps_runs_apart_that_differ_in_more_than_the_seed(key, a, b) -> None:
     base = {"method": "nomad", "dataset": "mnist", "np@10": 0.4, "rta": 0.6, "time_total_s": 1.0}
@@ -250,6 +251,24 @@ def test_fig3_series_join_in_budget_order_not_time() -> None:
     assert in_budget_order(points)["budget"].tolist() == [50, 100, 200]
     tsimcne = pd.DataFrame([{**rows[0], "method.n_epochs": "[10, 1, 5]"}])
     assert report.summarize(tsimcne, ["np@15"])["budget"].tolist() == [16]
+
+
+def test_a_seed_run_twice_counts_once_and_the_runs_are_shown() -> None:
+    base = {"method": "nomad", "dataset": "mnist", "np@10": 0.4, "rta": 0.6, "time_total_s": 1.0}
+    table = pd.DataFrame([{**base, "seed": seed} for seed in (0, 0, 1)])
+    summary = report.summarize(table, ["np@10"])
+    assert (summary["seeds"].tolist(), summary["runs"].tolist()) == ([2], [3])
+    header = report.markdown(summary, ["np@10"]).splitlines()[0]
+    assert "| seeds | runs |" in header
+    once = report.summarize(table.drop_duplicates("seed"), ["np@10"])
+    assert "runs" not in report.markdown(once, ["np@10"]).splitlines()[0]
+
+
+def test_fig3_series_of_cached_index_runs_stand_apart() -> None:
+    rows = [{"method": "nomad", "dataset": "mnist", "seed": 0, "method.n_epochs": e, "knn_cached": c,
+             "np@15": 0.3, "rta": 0.6, "time_total_s": 1.0} for e, c in ((50, False), (100, True))]
+    points = report.fig3_points(report.summarize(pd.DataFrame(rows), ["np@15", "rta"]), "np@15")
+    assert set(points["series"]) == {"nomad", "nomad (kNN index cached)"}
 
 
 def test_fig3_series_split_by_device_setup() -> None:
