@@ -457,6 +457,23 @@ def test_mnist1m_grows_mnist_keeps_the_test_digits_apart_and_caches(tmp_path):
     assert again.X.shape == (5000, 50)  # PCA to 50 like mnist
 
 
+def test_mnist1m_cache_is_keyed_by_its_source():
+    """A cache grown from one 70,000-row file is never read for another of the same shape."""
+    from nebench.data import infimnist
+    from nebench.data.dataset import Dataset
+
+    rng = np.random.default_rng(0)
+    X, y = rng.integers(0, 256, (50, 784), dtype=np.uint8), rng.integers(0, 10, 50)
+    digest = infimnist.source_digest(Dataset(X=X, y=y, n_train=40, name="m"))
+    assert digest == infimnist.source_digest(Dataset(X=X.copy(), y=y.copy(), n_train=40, name="m"))
+    other_pixels, other_labels = X.copy(), (y + 1) % 10
+    other_pixels[3, 5] ^= 1
+    for changed in (Dataset(X=other_pixels, y=y, n_train=40, name="m"),
+                    Dataset(X=X, y=other_labels, n_train=40, name="m"),
+                    Dataset(X=X, y=y, n_train=41, name="m")):  # fmt: skip
+        assert infimnist.source_digest(changed) != digest
+
+
 def test_mnist1m_needs_a_writable_cache_and_enough_rows(tmp_path):
     need_file("mnist.npz")
     small = compose_dataset("mnist1m", overrides=("dataset.n_samples=1000",))

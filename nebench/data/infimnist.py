@@ -24,13 +24,16 @@ classifier on 10,000 raw training digits labels deformed copies of 1,000 other t
 90.4% right, about as well as 1,000 official test digits (92.0%; undeformed training digits:
 95.7%), so a copy differs from its original about as much as a new writer's digit does.
 
-Cache. The rows are generated once into ``<cache_dir>/mnist1m_v1_n<n_samples>_s<seed>.npy``
+Cache. The rows are generated once into
+``<cache_dir>/mnist1m_v1_n<n_samples>_s<seed>_<digest>.npy`` (the digest: of the source's pixels
+and labels, :func:`source_digest`)
 (uint8, n x 784, written to a temporary file and renamed, under a file lock so that concurrent
 sweep jobs generate it once) and read memory-mapped; the labels come from ``mnist.npz``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import time
@@ -91,6 +94,16 @@ def generate(X: np.ndarray, n_train: int, n_samples: int, seed: int, out: np.nda
     out[n_out_train:] = test
 
 
+def source_digest(mnist: Dataset) -> str:
+    """8 hex digits of a hash of the source pixels and labels: a cache grown from another file
+    (Fashion-MNIST has the same shape) is never read for this one."""
+    digest = hashlib.blake2b(digest_size=4)
+    for part in (np.ascontiguousarray(mnist.X, np.uint8), np.asarray(mnist.y, np.int64)):
+        digest.update(part.data)
+    digest.update(str(mnist.n_train).encode())
+    return digest.hexdigest()
+
+
 def load(mnist: Dataset, n_samples: int, seed: int, cache_dir: Path, name: str) -> Dataset:
     """The ``mnist1m`` dataset of ``n_samples`` rows grown from the ``mnist`` dataset."""
     n_test = len(mnist.X) - mnist.n_train
@@ -101,7 +114,7 @@ def load(mnist: Dataset, n_samples: int, seed: int, cache_dir: Path, name: str) 
     if int(n_samples) != n_samples or n_samples < len(mnist.X):
         raise InputError(f"dataset.n_samples={n_samples!r} must be a whole number >= 70,000 "
                          "(all of MNIST); use dataset.n to subsample fewer points")
-    path = Path(cache_dir) / f"mnist1m_v{VERSION}_n{n_samples}_s{seed}.npy"
+    path = Path(cache_dir) / f"mnist1m_v{VERSION}_n{n_samples}_s{seed}_{source_digest(mnist)}.npy"
     if not path.exists():
         _build(mnist, n_samples, seed, path)
     X = np.load(path, mmap_mode="r")
