@@ -10,7 +10,8 @@ the method on a seeded n-row subsample of the dataset exactly as the side-by-sid
 from the array to the 2-D embedding, peak RSS of that process, metrics in the parent and timed
 apart). Every measured row is appended to ``table`` (CSV, rewritten atomically after each method),
 so a run that dies loses only the method it was running, and ``resume=true`` (the default) skips
-the (dataset, n, method) rows already there: the 1M openTSNE and UMAP fits take an hour or more
+the (dataset, n, method) rows already there (a row measured at other settings, its ``setup``
+column, stops the run with an error instead): the 1M openTSNE and UMAP fits take an hour or more
 here and can be run in the background and picked up again.
 
 From the table it writes the markdown table (``output``; each row's time also as a ratio to
@@ -21,6 +22,7 @@ of the metrics of its map; NP@10, RTA and kNN accuracy against n.
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from pathlib import Path
@@ -40,6 +42,9 @@ log = logging.getLogger(__name__)
 KEY = ["dataset", "n", "method"]  # one measured row per key
 CODE = "code"  # nebench's version when the row was measured
 LOAD = "load"  # the 1-minute load average before / after the row (2 cores: above 2, others ran)
+#: the settings a row was measured at besides its key (seed, PCA, the dataset's generation, the
+#: method's overrides and protocol): a resumed table must not mix rows of other settings
+SETUP = "setup"
 
 
 def run_scale(cfg: DictConfig) -> pd.DataFrame:
@@ -48,7 +53,8 @@ def run_scale(cfg: DictConfig) -> pd.DataFrame:
     table = load_table(cfg.table) if cfg.resume else pd.DataFrame()
     for n in ns:
         for method in bench._method_names(cfg):
-            if _measured(table, cfg.dataset.name, n, method):
+            setup = _setup(cfg, method)
+            if _measured(table, cfg.dataset.name, n, method, setup, cfg.table):
                 log.info("%s at n=%d: in %s already (resume=true), skipped", method, n, cfg.table)
                 continue
             log.info("%s at n=%d", method, n)
@@ -58,6 +64,7 @@ def run_scale(cfg: DictConfig) -> pd.DataFrame:
             load_before = bench.load_average()
             rows = bench.run_benchmark(run_cfg).table
             rows[CODE] = code_version()
+            rows[SETUP] = setup
             rows[LOAD] = f"{load_before} / {bench.load_average()}"
             table = pd.concat([table, rows], ignore_index=True)
             save_table(table, cfg.table)
@@ -71,7 +78,7 @@ def load_table(path: str | Path) -> pd.DataFrame:
         return pd.DataFrame()
     try:
         # text columns stay text: a code version like 24e5681 would otherwise read as a float
-        table = pd.read_csv(path, dtype={CODE: str, LOAD: str, bench.NOTE: str})
+        table = pd.read_csv(path, dtype={CODE: str, LOAD: str, SETUP: str, bench.NOTE: str})
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         raise InputError(
             f"{path} is not a table experiments.scale wrote ({exc}); move it away or set "
@@ -140,11 +147,34 @@ def _sizes(value) -> list[int]:
     return sorted(set(ns))
 
 
-def _measured(table: pd.DataFrame, dataset: str, n: int, method: str) -> bool:
+def _setup(cfg: DictConfig, method: str) -> str:
+    """The settings of ``method``'s rows besides their key, as sorted JSON."""
+    dataset = OmegaConf.to_container(cfg.dataset, resolve=True)
+    protocols = OmegaConf.to_container(cfg.protocols, resolve=True) if cfg.get("protocols") else {}
+    node = cfg.get("method_overrides")
+    overrides = OmegaConf.to_container(node, resolve=True) if node is not None else {}
+    return json.dumps({
+        "seed": cfg.seed, "pca_dims": cfg.pca_dims,
+        "dataset": {k: v for k, v in dataset.items() if k not in ("n", "cache_dir")},
+        "overrides": overrides.get(method, {}), "protocol": protocols.get(method),
+    }, sort_keys=True, default=str)  # fmt: skip
+
+
+def _measured(table: pd.DataFrame, dataset: str, n: int, method: str, setup: str, path) -> bool:
+    """Whether the row is in ``table`` already; one measured at other settings is refused."""
     if table.empty:
         return False
     rows = table[(table["dataset"] == dataset) & (table["n"] == n) & (table["method"] == method)]
-    return bool(len(rows)) and bool(rows[bench.TOTAL].notna().any())
+    if not (len(rows) and rows[bench.TOTAL].notna().any()):
+        return False
+    stored = set(rows[SETUP].dropna()) if SETUP in rows else set()
+    if stored - {setup}:
+        raise InputError(
+            f"{path} holds {method} at n={n} measured at other settings ({stored.pop()}; now "
+            f"{setup}): set table=<another path> for these settings, or resume=false to measure "
+            "again into this one."
+        )
+    return True
 
 
 @hydra.main(config_path="../conf", config_name="scale", version_base="1.3")

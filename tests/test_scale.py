@@ -43,6 +43,9 @@ def test_rows_per_size_and_method_resume_and_plot(tmp_path: Path) -> None:
     assert text in again.stdout and "600" in text and "nomad" in text
     assert (tmp_path / "t.png").stat().st_size > 10_000
 
+    other = scale(tmp_path, "ns=[300]", "methods=[pca]", "seed=1")  # not the rows' settings
+    assert other.returncode == 1 and "measured at other settings" in other.stdout + other.stderr
+
     replot = scale(tmp_path, "plot_only=true", "table=" + str(tmp_path / "t.csv"))
     assert replot.returncode == 0 and (tmp_path / "t.md").read_text().count("pca") == 2
 
