@@ -111,6 +111,9 @@ def load(mnist: Dataset, n_samples: int, seed: int, cache_dir: Path, name: str) 
         raise InputError(f"mnist1m grows the official MNIST (60,000 + 10,000 rows of 784 "
                          f"pixels); this mnist.npz has {mnist.n_train} + {n_test} rows of "
                          f"{mnist.X.shape[1]}: replace it with the documented file")
+    if mnist.y is None:
+        raise InputError("mnist1m labels its deformed digits from mnist.npz, which holds no y: "
+                         "replace it with the documented file (X, y, n_train)")
     if int(n_samples) != n_samples or n_samples < len(mnist.X):
         raise InputError(f"dataset.n_samples={n_samples!r} must be a whole number >= 70,000 "
                          "(all of MNIST); use dataset.n to subsample fewer points")
