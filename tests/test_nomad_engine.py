@@ -106,6 +106,31 @@ def test_options_run_and_keep_the_structure(digits, options):
     assert knn_score(Y, y) > 0.8
 
 
+def test_exaggeration_schedule_reaches_every_epoch(digits, monkeypatch):
+    """Early exaggeration for its epochs, then 1, then late exaggeration from its time on."""
+    from nomad import optimize
+
+    seen = []
+    rho = optimize._rho
+    monkeypatch.setattr(optimize, "_rho", lambda spec, epoch: seen.append(rho(spec, epoch)) or seen[-1])
+    NOMAD(n_epochs=10, early_exaggeration=4.0, early_exaggeration_epochs=3, late_exaggeration=1.5,
+          late_exaggeration_time=0.7).fit(digits[0][:600])
+    assert seen == [4.0] * 3 + [1.0] * 4 + [1.5] * 3
+
+
+@pytest.mark.parametrize("refresh, per_epoch", [("epoch", 1), ("step", 10)])
+def test_cell_means_are_refreshed_as_asked(digits, monkeypatch, refresh, per_epoch):
+    """mean_refresh: the means of the approximated cells once an epoch or before every step
+    (batch n/10: 10 steps an epoch)."""
+    from nomad import optimize
+
+    calls = []
+    means = optimize._ShardTrainer.cell_means
+    monkeypatch.setattr(optimize._ShardTrainer, "cell_means", lambda self: calls.append(1) or means(self))
+    NOMAD(n_epochs=4, approximate="others", n_cells=8, mean_refresh=refresh).fit(digits[0][:600])
+    assert len(calls) == 4 * per_epoch
+
+
 def test_index_cache_is_reused_by_a_second_fit(digits, tmp_path):
     X = digits[0][:500]
     first = NOMAD(n_epochs=5, n_cells=3, cache_dir=str(tmp_path))

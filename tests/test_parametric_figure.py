@@ -140,33 +140,31 @@ def test_reduced_figure_writes_one_row_per_method_and_mode(reduced) -> None:
 
 
 @pytest.mark.slow
-def test_transform_places_held_out_points_well_and_faster_than_a_refit(reduced) -> None:
+def test_transform_places_held_out_points_well(reduced) -> None:
     """parametric-umap sec. 2 / Damrich Fig. 3: the encoder embeds unseen digits by class
     (kNN accuracy far above the 0.1 of chance and within 0.15 of a refit's; at this budget
-    UMAP's is 0.11 below, 0.06 at 300 epochs), in a fraction of the time a non-parametric
-    method needs to refit."""
+    UMAP's is 0.11 below, 0.06 at 300 epochs). Its speed against the refit is the figure's to
+    report (a timed test would measure the machine); here only its column's formula."""
     table = reduced[0].set_index(["method", "mode", "held-out by"])
     for name in parametric.METHODS.values():
         trans = table.loc[(name, "parametric", parametric.TRANSFORM)]
         refit = table.loc[(name, "non-parametric", parametric.REFIT)]
         assert trans["held-out kNN acc"] > 0.8, table
         assert trans["held-out kNN acc"] > refit["held-out kNN acc"] - 0.15, table
-        assert trans["held-out (s)"] < refit["held-out (s)"] / 10, table
         assert trans["speed-up"] == pytest.approx(refit["held-out (s)"] / trans["held-out (s)"])
 
 
 @pytest.mark.slow
 def test_the_free_map_places_held_out_points_into_its_own_train_map(reduced) -> None:
     """The free map's transform (openTSNE's: new points optimised against the fixed map) scores
-    the held-out rows against the same train embedding the non-parametric row measured, by
-    class like the refit, and in less time than the refit."""
+    the held-out rows against the same train embedding the non-parametric row measured, and by
+    class like the refit."""
     table = reduced[0].set_index(["method", "mode", "held-out by"])
     for name in parametric.METHODS.values():
         place = table.loc[(name, "non-parametric", parametric.PLACE)]
         refit = table.loc[(name, "non-parametric", parametric.REFIT)]
         assert place["NP@k"] == refit["NP@k"]  # one train fit, two ways to add the new rows
         assert place["held-out kNN acc"] > refit["held-out kNN acc"] - 0.1, table
-        assert place["held-out (s)"] < refit["held-out (s)"], table
 
 
 def test_the_plot_draws_each_train_fit_once(monkeypatch, tmp_path) -> None:

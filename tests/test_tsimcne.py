@@ -130,6 +130,16 @@ def test_pca_input_and_missing_shape_fail_with_the_fix() -> None:
         TSimCNE(image_shape=(8, 8)).transform(images(2, (8, 8)))
 
 
+@pytest.mark.parametrize("shape", [(4, 6, 3), (4, 6)])
+def test_rows_are_read_channels_last(shape) -> None:
+    """A row is an (H, W, C) image flattened: the network sees (C, H, W), scaled to [0, 1]."""
+    A = np.random.default_rng(0).integers(0, 256, (5, *shape))
+    x, scale = TSimCNE(image_shape=shape)._images(A.reshape(5, -1).astype(np.float32))
+    expected = (A if len(shape) == 3 else A[..., None]).transpose(0, 3, 1, 2) / 255.0
+    assert scale == 255.0
+    np.testing.assert_allclose(x.numpy(), expected, rtol=1e-6)
+
+
 @pytest.mark.parametrize("backbone", ["small_cnn", "resnet18"])
 def test_colour_images_channels_last(backbone) -> None:
     X = images(16, (8, 8, 3))
@@ -186,6 +196,22 @@ def test_reference_adapter_refuses_a_device_lightning_would_not_use(monkeypatch,
     method = TSimCNERef(image_shape=(8, 8, 3), accelerator=accelerator)
     with pytest.raises(InputError, match=f"accelerator='{accelerator}'.*{fix}"):
         method.fit_transform(images(8, (8, 8, 3)))
+
+
+@pytest.mark.parametrize("shape", [(8, 8, 3), (8, 8)])
+def test_reference_adapter_hands_the_package_the_images_it_was_given(shape) -> None:
+    """The adapter's dataset (torch and PIL only): each row back as an RGB image, grayscale
+    repeated over three channels, [0, 1] rows rescaled to 0-255."""
+    from baselines.tsimcne import TSimCNERef
+
+    A = np.random.default_rng(0).integers(0, 256, (4, *shape)).astype(np.uint8)
+    rgb = A if len(shape) == 3 else np.repeat(A[..., None], 3, axis=-1)
+    for X in (A.reshape(4, -1).astype(np.float32), A.reshape(4, -1) / 255.0):
+        data = TSimCNERef(image_shape=shape)._dataset(X)
+        assert len(data) == 4
+        for i in range(4):
+            image, _ = data[i]
+            np.testing.assert_array_equal(np.asarray(image), rgb[i])
 
 
 def test_reference_adapter_runs_the_package() -> None:
