@@ -176,7 +176,8 @@ def test_np10_row_compares_gpu_with_cpu(ctx):
 def test_tsimcne_epochs_fit_the_time_in_the_papers_proportions():
     e = gpu_check.tsimcne_epochs(360, 2.0, None)
     assert sum(e) == pytest.approx(150, abs=2) and e[0] > e[2] > e[1] >= 1
-    assert gpu_check.tsimcne_epochs(10, 2.0, None) == [3, 1, 1]  # the floor
+    tiny = gpu_check.tsimcne_epochs(10, 2.0, None)  # no time at all: the documented floor
+    assert tiny[0] >= 2 and tiny[1] >= 1 and tiny[2] >= 1 and sum(tiny) <= 6
     assert gpu_check.tsimcne_epochs(999, 2.0, [5, 1, 2]) == [5, 1, 2]
 
 

@@ -95,8 +95,8 @@ def test_reduced_figure_has_a_row_per_fit_with_the_resolved_draws(reduced) -> No
     values = table[["NP@k", "RTA", "kNN acc"]].to_numpy(float)
     assert ((values > 0) & (values <= 1)).all(), table
     assert (table["kNN acc"] > 0.9).all(), table  # digits: every map separates the classes
-    assert (table["time (s)"] > 0).all()
-    assert refs.loc["openTSNE", "NP@k / ref"] == pytest.approx(1.0)
+    # every row's NP@k as a ratio to openTSNE's on the same data
+    np.testing.assert_allclose(table["NP@k / ref"], table["NP@k"] / refs.loc["openTSNE", "NP@k"])
 
 
 @pytest.mark.slow
