@@ -195,8 +195,10 @@ def test_torchrun_joins_the_process_group_and_matches_spawn(two_process_fit, tmp
 
 
 # -- a dying worker fails the job ------------------------------------------------------------------
-def run_bounded(cmd: list[str], env: dict[str, str], timeout: float) -> tuple[int, str, set[int]]:
-    """Run cmd, collecting the pids of its descendants; kill everything past the timeout."""
+def run_bounded(cmd: list[str], env: dict[str, str], timeout: float) -> tuple[int, str, set[int], set[int]]:
+    """Run cmd, collecting the pids of its descendants; return its exit code, stderr, those pids
+    and the ones still running 5 s after it exited (found before this helper's own clean-up,
+    which kills everything, past the timeout too)."""
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     seen: set[int] = set()
     deadline = time.monotonic() + timeout
@@ -210,7 +212,10 @@ def run_bounded(cmd: list[str], env: dict[str, str], timeout: float) -> tuple[in
                 pass
             time.sleep(0.2)
         _, err = proc.communicate()
-        return proc.returncode, err, seen
+        grace = time.monotonic() + 5.0
+        while any(running(p) for p in seen) and time.monotonic() < grace:
+            time.sleep(0.2)
+        return proc.returncode, err, seen, {p for p in seen if running(p)}
     finally:
         for pid in seen | {proc.pid}:
             try:
@@ -232,13 +237,12 @@ def test_a_dying_worker_fails_the_job(tmp_path):
             NOMAD(n_epochs=5, devices=2, accelerator="cpu", n_cells=4).fit_transform(
                 X.astype(np.float32))
     """))
-    rc, err, children = run_bounded([sys.executable, str(script)],
-                                    subprocess_env(NOMAD_FAULT_RANK="1"), timeout=120)
+    rc, err, children, left = run_bounded([sys.executable, str(script)],
+                                          subprocess_env(NOMAD_FAULT_RANK="1"), timeout=120)
     assert rc != 0
     assert "injected fault on rank 1" in err
     assert children, "no worker processes were started"
-    time.sleep(1.0)
-    assert not [p for p in children if running(p)], "workers were left running"
+    assert not left, "workers were left running"
 
 
 def running(pid: int) -> bool:
