@@ -134,7 +134,7 @@ def _batch_forces(Y, heads, pos, p, noise, c_noise, mu, c_mu, exclude_cell, rho,
     ``with_value``; zeros otherwise, saving two logs per pair) and dL/dlog(nu).
 
     ``noise`` (ceil(B/G), S): heads ``gG .. gG + G - 1`` share the draw ``noise[g]`` (each
-    head's noise estimate stays unbiased; the group's forces on a noise point are summed
+    head's estimate of the noise sum stays unbiased; the group's forces on a noise point are summed
     before they are scattered). ``push_noise=False`` leaves the noise points' own forces
     out (umap-learn's sampler); ``work`` is a :func:`workspace` for at least this batch."""
     B, K = pos.shape

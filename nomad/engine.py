@@ -43,8 +43,10 @@ def pca_init(X: np.ndarray, scale: float, seed: int) -> np.ndarray:
     """First two principal components, rescaled so that std(PC1) = ``scale``.
 
     PCA initialisation improves global structure (nomad-projection sec. 3.4, citing
-    Wang et al.). The engine's ``init_scale`` default is 1.0 (std of PC1 = 1); openTSNE,
-    TorchDR and the reference code start at std 1e-4, which ``init_scale=1e-4`` reproduces.
+    Wang et al.). The engine's ``init_scale`` default is 1.0 (std of PC1 = 1); openTSNE and
+    TorchDR start at std(PC1) = 1e-4, which ``init_scale=1e-4`` reproduces. The NOMAD reference
+    code whitens instead (U without S: both axes at std 1e-4, ALGORITHMS.md 2.1), stretching the
+    second axis to the first; the PC2/PC1 ratio is kept here.
     """
     from sklearn.decomposition import PCA
 
@@ -151,9 +153,11 @@ class ContrastiveEmbedding(EmbeddingMethod, BaseEstimator):
             reference code); each of the S draws stands for |M| p(m in D) / S samples.
         The trainers that draw heads (heads, parametric on heads) also read:
         noise_samples: S, noise points actually drawn per head to estimate it
-            ("auto" = min(|M|, 32)); each stands for |M| p(m in D) / S samples.
+            ("auto" = min(|M|, 32)); each stands for |M| p(m in D) / S samples. The sum is
+            estimated without bias, the loss's log of it is not, so S is part of the
+            objective (eq. 2 at S = |M|); a draw may be the head itself, as in the reference.
         noise_group: G, heads that share one draw of the S noise points (each head's
-            estimate stays unbiased; a group's forces on a noise point are summed before they
+            estimate of the noise sum stays unbiased; a group's forces on a noise point are summed before they
             are scattered, so the compiled CPU epoch gathers and scatters G times less).
         approximate: which cells enter as cell means ("none", "remote", "others"; None = the
             method's own: "remote" for NOMAD, "none" for the others).
