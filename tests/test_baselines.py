@@ -165,6 +165,23 @@ def test_umap_embeds_digits(digits) -> None:
 
 
 @pytest.mark.slow
+def test_umap_adapter_is_umap_learns_own_call(digits) -> None:
+    """Every parameter reaches umap-learn: the adapter's embedding equals umap.UMAP's on the
+    same pynndescent graph, bit for bit, at non-default settings."""
+    import umap
+    from sklearn.utils import check_random_state
+    from umap.umap_ import nearest_neighbors
+
+    X = digits[0][:600].astype(np.float32)
+    params = {"n_neighbors": 12, "min_dist": 0.5, "n_epochs": 40, "negative_sample_rate": 3,
+              "learning_rate": 0.5, "init": "pca"}  # fmt: skip
+    ours = baselines_attr("UMAP")(**params, random_state=3, n_jobs=1).fit_transform(X)
+    knn = nearest_neighbors(X, 12, "euclidean", {}, False, check_random_state(3), n_jobs=1)
+    theirs = umap.UMAP(**params, random_state=3, n_jobs=1, precomputed_knn=knn).fit_transform(X)
+    np.testing.assert_array_equal(ours, theirs.astype(np.float32))
+
+
+@pytest.mark.slow
 def test_umap_seed_reproduces(digits) -> None:
     X = digits[0][:500]
     first, again, other = (
