@@ -387,14 +387,28 @@ def test_negtsne_scale_falls_as_z_bar_grows(mixture_1000, seed, knob, values):
     assert scales[0] > 1.5 * scales[-1]
 
 
-def test_reference_mean_weight_gives_each_cell_mean_weight_one(digits):
+def test_reference_mean_weight_gives_each_cell_mean_weight_one(digits, monkeypatch):
     """mean_weight="reference" (the authors' code) weights every approximated cell mean 1,
     the paper |M| p(m in r) (eq. 4); the two runs differ."""
+    from nomad import optimize
+
+    trainers = []
+    init = optimize._ShardTrainer.__init__
+    monkeypatch.setattr(optimize._ShardTrainer, "__init__",
+                        lambda self, *a, **kw: (init(self, *a, **kw), trainers.append(self))[0])
     X = digits[0][:600]
     kw = {"n_epochs": 5, "n_cells": 4, "approximate": "others", "random_state": 0}
     paper = NOMAD(**kw)
     reference = NOMAD(mean_weight="reference", **kw)
     assert np.abs(paper.fit_transform(X) - reference.fit_transform(X)).max() > 1e-3
+    by_paper, by_reference = trainers
+    heads = torch.arange(len(X))
+    other_cells = (by_paper.cell[heads][:, None] != torch.arange(by_paper.C)).float()
+    sizes = by_paper.cell_sizes
+    assert sizes.sum() == len(X) and by_paper.C >= 2
+    # eq. 4: |M| p(m in r) = 10,000 |r| / n for every other cell, 0 for the head's own
+    torch.testing.assert_close(by_paper._mean_weights(heads), other_cells * (10_000 * sizes / len(X)))
+    torch.testing.assert_close(by_reference._mean_weights(heads), other_cells)
     with pytest.raises(InputError, match="mean_weight"):
         NOMAD(mean_weight="one").fit_transform(X)
 
