@@ -74,6 +74,24 @@ def test_graphs_are_symmetric(blobs, kind):
     assert (mu == 1).all() if kind == "binary" else (mu < 1).mean() > 0.3
 
 
+def test_umap_graph_is_umap_learns_own_fuzzy_set(blobs):
+    """graph="umap" from a k-NN table (self excluded) equals the fuzzy simplicial set umap-learn
+    builds from the data itself with n_neighbors = k + 1 (it counts the point as its own 0-th
+    neighbour; below 4,096 points its search is exact)."""
+    from umap.umap_ import fuzzy_simplicial_set
+
+    X, _ = blobs
+    nbrs = np.argsort(((X[:, None] - X[None]) ** 2).sum(-1), 1)[:, 1:11]
+    dist = np.sqrt(((X[:, None] - X[nbrs]) ** 2).sum(-1))
+    g = edge_graph(nbrs, dist, "umap", seed=0)
+    ours = np.zeros((len(X), len(X)))
+    ours[g.heads.numpy(), g.tails.numpy()] = g.mu.numpy()
+    theirs = fuzzy_simplicial_set(np.asarray(X, np.float32), 11, np.random.RandomState(0), "euclidean")[0]
+    theirs = theirs.toarray()
+    np.fill_diagonal(theirs, 0.0)
+    np.testing.assert_allclose(ours, theirs, atol=1e-5)
+
+
 def test_actual_loss_agrees_with_effective(blobs):
     """With a vanishing step the embedding stays put, so each epoch's actual loss (eq. 11) is
     an unbiased draw of the effective loss (eq. 12) (umap-true-loss Fig. 3's claim); with
