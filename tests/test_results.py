@@ -95,7 +95,11 @@ def test_a_writer_killed_mid_append_leaves_every_completed_row(tmp_path: Path) -
     ctx = multiprocessing.get_context("fork")
     for delay in (0.05, 0.13, 0.21):
         proc = ctx.Process(target=_append_forever, args=(str(path),))
+        lines = path.read_bytes().count(b"\n")
         proc.start()
+        deadline = time.monotonic() + 30
+        while path.read_bytes().count(b"\n") <= lines and time.monotonic() < deadline:
+            time.sleep(0.01)  # until it has completed a row of its own
         time.sleep(delay)
         os.kill(proc.pid, signal.SIGKILL)
         proc.join()
@@ -106,6 +110,7 @@ def test_a_writer_killed_mid_append_leaves_every_completed_row(tmp_path: Path) -
     table = read_results(path)
     assert table["payload"].iloc[0] == "before" and table["payload"].iloc[-1] == "after"
     middle = table.iloc[1:-1]
+    assert len(middle) >= 3  # each killed writer had written at least one row
     assert (middle["payload"] == "y" * 200_000).all() and 999 not in set(table["i"])
     assert len(path.read_bytes().splitlines()) >= len(table)
 
