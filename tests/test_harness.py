@@ -37,11 +37,6 @@ def options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF / group).glob("*.yaml") if not p.stem.startswith("_"))
 
 
-def needs_method(name: str) -> None:
-    if not (CONF / "method" / f"{name}.yaml").exists():
-        pytest.skip(f"conf/method/{name}.yaml is not there yet")
-
-
 def composed(overrides: list[str]) -> DictConfig:
     """Config with its ``hydra`` node for ``overrides``; HydraConfig set so ``${hydra:...}``
     resolves."""
@@ -95,7 +90,6 @@ def rows(tmp_path: Path) -> pd.DataFrame:
     + [f"hydra/launcher={name}" for name in ("parallel", "slurm", "joblib", "basic")],
 )
 def test_every_config_group_composes_and_resolves(override: str) -> None:
-    needs_method("pca")
     cfg = composed(["method=pca", override])
     task = OmegaConf.to_container(task_config(["method=pca", override]), resolve=True)
     assert task["results_file"].endswith("results.jsonl")
@@ -120,13 +114,11 @@ def test_every_method_config_builds_its_method(name: str) -> None:
 
 
 def test_default_config_composes() -> None:
-    needs_method("nomad")
     cfg = composed([])
     assert cfg.method.name and cfg.dataset.name == "digits" and cfg.seed == 0
 
 
 def test_launcher_configs_take_their_settings() -> None:
-    needs_method("pca")
     parallel = composed(["method=pca", "hydra/launcher=parallel"]).hydra.launcher
     assert parallel._target_.endswith("JoblibLauncher") and parallel.n_jobs == 2
     slurm = composed(
@@ -143,7 +135,6 @@ def test_launcher_configs_take_their_settings() -> None:
 
 
 def test_paths_follow_environment_variables(monkeypatch, tmp_path: Path) -> None:
-    needs_method("pca")
     monkeypatch.setenv("NEBENCH_DATA_DIR", str(tmp_path / "d"))
     monkeypatch.setenv("NEBENCH_RESULTS_DIR", str(tmp_path / "r"))
     cfg = composed(["method=pca"])
@@ -170,7 +161,6 @@ def test_paths_follow_environment_variables(monkeypatch, tmp_path: Path) -> None
     ],
 )
 def test_prepare_rejects_bad_requests(overrides: list[str], expected: str) -> None:
-    needs_method("pca")
     with pytest.raises(InputError, match=expected):
         prepare(task_config(["method=pca", *overrides]))
 
@@ -194,7 +184,6 @@ class _Forwarding(_Base):
 
 
 def test_seed_and_devices_reach_methods_that_forward_kwargs() -> None:
-    needs_method("pca")
     assert constructor_parameters(_Forwarding) == (
         ["b", "a", "accelerator", "devices", "random_state"],
         False,
@@ -274,7 +263,6 @@ class _Diverging(EmbeddingMethod):
 
 
 def test_a_diverged_embedding_is_not_a_result(tmp_path: Path) -> None:
-    needs_method("pca")
     cfg = task_config(
         ["method=pca", f"method._target_={__name__}._Diverging", f"results_file={tmp_path}/r.jsonl"]
     )
@@ -300,7 +288,6 @@ class _SlowFirstCall(EmbeddingMethod):
 
 
 def test_one_off_work_lands_in_the_warm_up_not_the_total(tmp_path: Path) -> None:
-    needs_method("pca")
     _SlowFirstCall.fits.clear()
     overrides = ["method=pca", f"method._target_={__name__}._SlowFirstCall",
                  "+method.n_epochs=50", f"results_file={tmp_path}/r.jsonl"]  # fmt: skip
@@ -382,7 +369,6 @@ def test_an_encoder_reads_the_raw_rows_and_the_graph_the_pca_rows(tmp_path: Path
 
 def test_run_writes_the_contract_and_one_row_and_two_runs_get_two_dirs(tmp_path: Path) -> None:
     """Two runs started together (same second) from another cwd: own dirs, one row each."""
-    needs_method("pca")
     env = {**os.environ, "NEBENCH_RESULTS_DIR": str(tmp_path / "results")}
     cmd = [sys.executable, str(ROOT / "run.py"), "method=pca", "dataset=digits"]
     procs = [
@@ -448,7 +434,6 @@ def test_run_writes_the_contract_and_one_row_and_two_runs_get_two_dirs(tmp_path:
 
 @pytest.mark.slow
 def test_parallel_sweep_lands_every_row(tmp_path: Path) -> None:
-    needs_method("pca")
     args = [
         "-m",
         "method=pca",
@@ -470,7 +455,6 @@ def test_parallel_sweep_lands_every_row(tmp_path: Path) -> None:
     ["hydra/launcher=basic", pytest.param("hydra/launcher=parallel", marks=pytest.mark.slow)],
 )
 def test_a_failed_job_does_not_stop_the_sweep(tmp_path: Path, launcher: str) -> None:
-    needs_method("pca")
     result = run_cli(["-m", "method=pca", "trainer.devices=2,1", launcher], tmp_path)
     assert result.returncode != 0
     assert "1 job(s) of the sweep failed" in result.stdout + result.stderr
@@ -494,8 +478,6 @@ def test_a_failed_job_does_not_stop_the_sweep(tmp_path: Path, launcher: str) -> 
     ids=["method", "dataset", "data-file", "kwarg", "gpus", "devices"],
 )
 def test_bad_input_fails_cleanly(tmp_path: Path, args: list[str], expected: list[str]) -> None:
-    if "method=pca" in args:
-        needs_method("pca")
     result = run_cli([a.format(tmp=tmp_path) for a in args], tmp_path)
     output = result.stdout + result.stderr
     assert result.returncode != 0
