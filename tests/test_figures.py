@@ -35,6 +35,7 @@ ENGINE_UMAP = [
     "methods.umap._target_=nomad.UMAPLoss",
     "~methods.umap.n_jobs",
     "~methods.umap.negative_sample_rate",
+    "~methods.umap.parallel_layout",
 ]
 SERIES = ["fig3_nomad", "fig3_nomad_2cpu", "fig3_infonc_tsne", "fig3_umap", "fig3_opentsne"]
 

@@ -309,7 +309,8 @@ def test_bench_runs_each_method_at_its_defaults_and_at_its_papers_protocol(tmp_p
         report = bench.run_benchmark(cfg)
     table = report.table
     assert list(zip(table["method"], table[bench.SETTING])) == [
-        ("nomad", "defaults"), ("infonc_tsne", "defaults"), ("infonc_tsne", "protocol damrich_iclr")]
+        ("nomad", "defaults + n_epochs=20"), ("infonc_tsne", "defaults + n_epochs=20"),
+        ("infonc_tsne", "protocol damrich_iclr + n_epochs=30, spectrum_exaggeration_epochs=10")]
     assert (table[bench.KNN_ACC] > 0.8).all() and np.isfinite(table[bench.WARMUP]).all()
     defaults, protocol = (e.config["method"] for e in seen[1:])
     assert (defaults["n_epochs"], defaults["sampling"], defaults["batch_size"]) == (20, "heads", "auto")

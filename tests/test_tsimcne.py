@@ -170,7 +170,7 @@ def test_runner_passes_the_dataset_image_shape() -> None:
 
 
 def test_holdout_needs_a_method_that_embeds_new_points() -> None:
-    with pytest.raises(InputError, match="parametric"):
+    with pytest.raises(InputError, match="does not offer: use an engine method .* or tsimcne"):
         prepare(task_config(["method=pca", "holdout=true", "trainer.accelerator=cpu"]))
 
 
