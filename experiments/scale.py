@@ -43,7 +43,8 @@ KEY = ["dataset", "n", "method"]  # one measured row per key
 CODE = "code"  # nebench's version when the row was measured
 LOAD = "load"  # the 1-minute load average before / after the row (2 cores: above 2, others ran)
 #: the settings a row was measured at besides its key (seed, PCA, the dataset's generation, the
-#: method's overrides and protocol): a resumed table must not mix rows of other settings
+#: devices, the kNN cache, the method's overrides and protocol): a resumed table must not mix
+#: rows of other settings
 SETUP = "setup"
 
 
@@ -51,15 +52,24 @@ def run_scale(cfg: DictConfig) -> pd.DataFrame:
     """Measure every (n, method) not yet in ``cfg.table``; return the whole table."""
     ns = _sizes(cfg.ns)
     table = load_table(cfg.table) if cfg.resume else pd.DataFrame()
+    methods = bench._method_names(cfg)
+    overrides = {key: bench._method_overrides(cfg, methods, key)
+                 for key in ("method_overrides", "protocol_overrides")}  # fmt: skip
+    setups = {method: _setup(cfg, method, overrides) for method in methods}
+    # every saved row is checked before anything is measured: a refusal costs no work
+    done = {(n, m) for n in ns for m in methods
+            if _measured(table, cfg.dataset.name, n, m, setups[m], cfg.table)}  # fmt: skip
     for n in ns:
-        for method in bench._method_names(cfg):
-            setup = _setup(cfg, method)
-            if _measured(table, cfg.dataset.name, n, method, setup, cfg.table):
+        for method in methods:
+            if (n, method) in done:
                 log.info("%s at n=%d: in %s already (resume=true), skipped", method, n, cfg.table)
                 continue
+            setup = setups[method]
             log.info("%s at n=%d", method, n)
             run_cfg = cfg.copy()
             run_cfg.methods = [method]
+            for key, values in overrides.items():  # this method's own: bench refuses others
+                run_cfg[key] = {method: values[method]} if method in values else {}
             run_cfg.dataset.n = n
             load_before = bench.load_average()
             rows = bench.run_benchmark(run_cfg).table
@@ -147,16 +157,15 @@ def _sizes(value) -> list[int]:
     return sorted(set(ns))
 
 
-def _setup(cfg: DictConfig, method: str) -> str:
+def _setup(cfg: DictConfig, method: str, overrides: dict[str, dict]) -> str:
     """The settings of ``method``'s rows besides their key, as sorted JSON."""
     dataset = OmegaConf.to_container(cfg.dataset, resolve=True)
-    protocols = OmegaConf.to_container(cfg.protocols, resolve=True) if cfg.get("protocols") else {}
-    node = cfg.get("method_overrides")
-    overrides = OmegaConf.to_container(node, resolve=True) if node is not None else {}
     return json.dumps({
-        "seed": cfg.seed, "pca_dims": cfg.pca_dims,
+        "seed": cfg.seed, "pca_dims": cfg.pca_dims, "knn_cache": cfg.knn_cache,
+        "trainer": OmegaConf.to_container(cfg.trainer, resolve=True),
         "dataset": {k: v for k, v in dataset.items() if k not in ("n", "cache_dir")},
-        "overrides": overrides.get(method, {}), "protocol": protocols.get(method),
+        "protocol": bench._protocols(cfg).get(method),
+        **{key: values.get(method, {}) for key, values in overrides.items()},
     }, sort_keys=True, default=str)  # fmt: skip
 
 
@@ -165,14 +174,15 @@ def _measured(table: pd.DataFrame, dataset: str, n: int, method: str, setup: str
     if table.empty:
         return False
     rows = table[(table["dataset"] == dataset) & (table["n"] == n) & (table["method"] == method)]
-    if not (len(rows) and rows[bench.TOTAL].notna().any()):
+    rows = rows[rows[bench.TOTAL].notna()] if len(rows) else rows  # failed rows do not count
+    if not len(rows):
         return False
-    stored = set(rows[SETUP].dropna()) if SETUP in rows else set()
-    if stored - {setup}:
+    other = (set(rows[SETUP].dropna()) if SETUP in rows else set()) - {setup}
+    if other:
         raise InputError(
-            f"{path} holds {method} at n={n} measured at other settings ({stored.pop()}; now "
-            f"{setup}): set table=<another path> for these settings, or resume=false to measure "
-            "again into this one."
+            f"{path} holds {method} at n={n} measured at other settings ({other.pop()}; now "
+            f"{setup}): set table=<another path> for these settings (resume=false would start "
+            "this table afresh, dropping its rows)."
         )
     return True
 

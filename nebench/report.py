@@ -75,6 +75,8 @@ def summarize(table: pd.DataFrame, quality: Sequence[str]) -> pd.DataFrame:
     """
     devices = [c for c in DEVICE_COLUMNS if c in table.columns]  # always shown: Fig. 3's series
     keys = ["dataset", "method", *devices]
+    if "knn_cached" in table.columns and table["knn_cached"].eq(True).any():
+        keys.append("knn_cached")  # shown, and a Fig. 3 series of its own, even where all are
     keys += [c for c in distinguishing_columns(table) if c not in keys]
     hidden = [c for c in config_columns(table) if c not in keys]
     columns = [c for c in (*quality, TIME) if c in table.columns]

@@ -60,6 +60,7 @@ from nebench.memory import PeakMemory
 from nebench.method import EmbeddingMethod
 from nebench.plotting import plot_embedding
 from nebench.results import append_row, check_results_path, code_version, timestamp
+from nomad.knn import threads
 
 log = logging.getLogger(__name__)
 
@@ -309,7 +310,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
             # the cache (then time_total_s holds no kNN search: compare it with care)
             "knn_index": getattr(plan.method, "knn_index_", None),
             "knn_cached": bool(getattr(plan.method, "index_cached_", False)),
-            "cpus": len(os.sched_getaffinity(0)),  # the cores this run could use ("-1" threads)
+            "cpus": threads(),  # the cores this run could use ("-1" threads)
         }
     )
 

@@ -227,7 +227,7 @@ def test_held_out_rows_do_not_shape_the_pca(split_npz):
     np.testing.assert_allclose(np.abs(train_only), np.abs(ref), atol=1e-4)
     everything = load_dataset(cfg, split_npz, seed=0).X
     assert not np.allclose(np.abs(everything), np.abs(train_only), atol=1e-2)
-    with pytest.raises(InputError, match="fitted on 2 points"):
+    with pytest.raises(InputError, match=r"fitted on the 2 train rows \(holdout=true\)"):
         preprocess.pca(X, 3, seed=0, fit_rows=2)
 
 

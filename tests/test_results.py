@@ -274,6 +274,9 @@ def test_fig3_series_of_cached_index_runs_stand_apart() -> None:
              "np@15": 0.3, "rta": 0.6, "time_total_s": 1.0} for e, c in ((50, False), (100, True))]
     points = report.fig3_points(report.summarize(pd.DataFrame(rows), ["np@15", "rta"]), "np@15")
     assert set(points["series"]) == {"nomad", "nomad (kNN index cached)"}
+    all_cached = pd.DataFrame(rows).assign(knn_cached=True)  # no column varies: still labelled
+    points = report.fig3_points(report.summarize(all_cached, ["np@15", "rta"]), "np@15")
+    assert set(points["series"]) == {"nomad (kNN index cached)"}
 
 
 def test_fig3_series_split_by_device_setup() -> None:

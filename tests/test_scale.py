@@ -34,20 +34,24 @@ def test_rows_per_size_and_method_resume_and_plot(tmp_path: Path) -> None:
     assert (rows[bench.TOTAL] > 0).all() and rows["NP@10"].between(0, 1).all()
     assert rows["load"].str.fullmatch(r"[\d.]+ / [\d.]+").all()  # load average before / after
 
-    again = scale(tmp_path, "ns=[300]", "methods=[pca,nomad]", "+method_overrides.nomad.n_epochs=5")
+    # nomad's override reaches nomad's rows only (the bench, run per method, refuses others')
+    again = scale(tmp_path, "ns=[300,150]", "methods=[nomad,pca]", "+method_overrides.nomad.n_epochs=5")
     assert again.returncode == 0, again.stderr[-3000:]
     assert "pca at n=300: in" in again.stdout + again.stderr  # measured already: not run again
     rows = pd.read_csv(tmp_path / "t.csv")
-    assert sorted(zip(rows["n"], rows["method"])) == [(300, "nomad"), (300, "pca"), (600, "pca")]
+    assert sorted(zip(rows["n"], rows["method"])) == [
+        (150, "nomad"), (150, "pca"), (300, "nomad"), (300, "pca"), (600, "pca")]
     text = (tmp_path / "t.md").read_text()
     assert text in again.stdout and "600" in text and "nomad" in text
     assert (tmp_path / "t.png").stat().st_size > 10_000
 
-    other = scale(tmp_path, "ns=[300]", "methods=[pca]", "seed=1")  # not the rows' settings
+    before = pd.read_csv(tmp_path / "t.csv")
+    other = scale(tmp_path, "ns=[100,300]", "methods=[pca]", "seed=1")  # not the rows' settings
     assert other.returncode == 1 and "measured at other settings" in other.stdout + other.stderr
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "t.csv"), before)  # refused before n=100 ran
 
     replot = scale(tmp_path, "plot_only=true", "table=" + str(tmp_path / "t.csv"))
-    assert replot.returncode == 0 and (tmp_path / "t.md").read_text().count("pca") == 2
+    assert replot.returncode == 0 and (tmp_path / "t.md").read_text().count("pca") == 3
 
 
 def test_bad_sizes_are_refused_in_one_line(tmp_path: Path) -> None:

@@ -174,7 +174,8 @@ def test_holdout_needs_a_method_that_embeds_new_points() -> None:
         prepare(task_config(["method=pca", "holdout=true", "trainer.accelerator=cpu"]))
 
 
-def test_reference_adapter_without_the_package_says_how_to_install() -> None:
+def test_reference_adapter_without_the_package_says_how_to_install(monkeypatch) -> None:
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)  # the CPU run it asks for
     try:
         import tsimcne  # noqa: F401
     except ImportError:
@@ -219,7 +220,9 @@ def test_reference_adapter_runs_the_package() -> None:
     from baselines.tsimcne import TSimCNERef
 
     X = images(64, (8, 8, 3))
-    method = TSimCNERef(image_shape=(8, 8, 3), total_epochs=[1, 1, 1], batch_size=32)
+    accelerator = "cuda" if torch.cuda.is_available() else "cpu"  # where Lightning's "auto" trains
+    method = TSimCNERef(image_shape=(8, 8, 3), total_epochs=[1, 1, 1], batch_size=32,
+                        accelerator=accelerator)
     Y = method.fit_transform(X)
     assert Y.shape == (64, 2) and np.isfinite(Y).all()
     assert method.transform(X[:5]).shape == (5, 2)

@@ -32,7 +32,7 @@ The speed-up is the non-parametric refit time of the method over the held-out ti
 ``figure.n_train`` fits on a seeded subsample of the train rows and keeps every held-out row
 (more held-out rows, a smaller standard error of their kNN accuracy). The
 inputs are the dataset's own preprocessing (MNIST: PCA-50 fitted on all 70,000 rows, as the
-runner's ``holdout=true`` sees them). Where the dataset gives an encoder its own rows
+figure's published runs had it; the runner's ``holdout=true`` now fits it on the train rows). Where the dataset gives an encoder its own rows
 (``dataset.encoder_input=raw``, or a protocol whose ``encoder_input`` table says so for
 parametric fits, as ``damrich_iclr`` does: the paper's network reads MNIST's pixels), every
 parametric fit and ``transform`` reads those rows and builds its kNN graph from the PCA'd

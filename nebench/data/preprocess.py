@@ -47,9 +47,12 @@ def pca(X: np.ndarray, n_components: int, seed: int, fit_rows: int | None = None
     n, d = X.shape
     n_fit = n if fit_rows is None else int(fit_rows)
     if n_components > min(n_fit, d):
+        rows = f"{n_fit} points" if fit_rows is None else f"the {n_fit} train rows (holdout=true)"
         raise InputError(
-            f"dataset.pca={n_components} but the PCA is fitted on {n_fit} points of {d} dims: set "
-            f"dataset.pca to at most {min(n_fit, d)}, or dataset.pca=null to turn PCA off"
+            f"dataset.pca={n_components} but the PCA is fitted on {rows} of {d} dims: set "
+            f"dataset.pca to at most {min(n_fit, d)}"
+            + ("" if fit_rows is None else ", keep more train rows (dataset.n)")
+            + ", or dataset.pca=null to turn PCA off"
         )
     model = PCA(n_components=n_components, random_state=seed)
     if n_fit == n and n <= PCA_FIT_MAX:
