@@ -64,6 +64,7 @@ from nebench.io import atomic_open
 from nebench.memory import PeakMemory
 from nebench.results import code_version, timestamp
 from nebench.runner import Plan, check_embedding, prepare, warm_up
+from nomad.knn import threads
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +196,7 @@ def command(module: str = "experiments.bench", default_config: str = "bench") ->
 
 def hardware() -> str:
     """CPU model, usable cores, memory, torch threads and GPU(s) of this machine, in one line."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = threads()
     if torch.cuda.is_available():
         gpu = f"{torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}"
     else:
