@@ -10,8 +10,9 @@ float16 stay on disk / in their dtype until a block is cast to float32); faiss's
 (``faiss.knn``: a BLAS product and a running heap, tiled so that no n_queries x chunk_size matrix is
 formed) gives each query's ``m + 1`` nearest rows of the block, its own row is dropped by index, and
 a running top-``m`` per query is merged block by block (``torch.topk``). Memory is
-O(n_queries * (D + m) + chunk_size * D), never O(n^2). 5,000 queries among 10M rows of 50 dims
-take about 35 s on 2 cores.
+O(n_queries * (D + m) + chunk_size * D), never O(n^2). Its time is the product's, 5,000 x n x D
+multiply-adds: NP@k's searches at 10M rows of 50 dims took 45-123 s on a 2-core machine, following
+its load (README, "At ten million points").
 
 Exactness. The float32 pass ranks by ``||q||^2 + ||r||^2 - 2 q.r`` after centring on the queries'
 mean, which limits cancellation. It
