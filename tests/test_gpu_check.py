@@ -16,19 +16,14 @@ import torch
 from experiments import gpu_check
 
 ROOT = Path(__file__).resolve().parents[1]
-#: the dry run's cheaper steps, run two at a time (the CPU twin of nomad_mnist_gpu and the
-#: NP@10 row comparing them are left to the slow test, which runs every step)
-FAST_STEPS = "setup,cuda_tests,nomad_mnist_gpu,dist_gloo_cuda,dist_nccl_cuda"
 needs_cuda = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
 
-def dry_run(tmp_path: Path, steps: str | None = None) -> tuple[dict[str, dict], str, dict]:
+def dry_run(tmp_path: Path) -> tuple[dict[str, dict], str, dict]:
     out = tmp_path / "out"
     cmd = [sys.executable, str(ROOT / "experiments" / "gpu_check.py"), "--dry-run", "--jobs", "2",
            "--out", str(out), "--scratch", str(tmp_path / "scratch")]
-    if steps:
-        cmd += ["--steps", steps]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1200, check=False)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     doc = json.loads((out / "gpu_check.json").read_text())
@@ -46,32 +41,21 @@ def check_common(rows: dict[str, dict], table: str, doc: dict) -> None:
     for name in ("cuda_tests", "dist_nccl_cuda"):  # need CUDA: skipped with a reason
         assert rows[name]["status"] == "skipped" and rows[name]["note"]
     for name in ("nomad_mnist_gpu", "nomad_mnist_cpu"):
-        if name in rows:
-            m = rows[name]["metrics"]
-            assert rows[name]["status"] == "ok", rows[name]
-            assert m["accelerator"] == "cpu" and m["knn_acc"] > 0.5  # 10 classes: chance is 0.1
-            assert m["time_total_s"] > 0 and 0 < m["np@10"] <= 1
+        m = rows[name]["metrics"]
+        assert rows[name]["status"] == "ok", rows[name]
+        assert m["accelerator"] == "cpu" and m["knn_acc"] > 0.5  # 10 classes: chance is 0.1
+        assert m["time_total_s"] > 0 and 0 < m["np@10"] <= 1
     dist = rows["dist_gloo_cuda"]
     assert dist["status"] == "ok", dist
     assert dist["metrics"]["ranks_agree"] and dist["metrics"]["collective_devices"] == ["cpu"]
     assert dist["metrics"]["all_gather_calls"] > 0 and dist["metrics"]["knn_acc"] > 0.5
 
 
-def test_dry_run_writes_the_table_and_json_and_its_cpu_steps_pass(tmp_path):
-    rows, table, doc = dry_run(tmp_path, FAST_STEPS)
-    check_common(rows, table, doc)
-    assert set(rows) == set(FAST_STEPS.split(","))
-
-
-@pytest.mark.slow  # every step: 90 s on an idle 2-core machine
-@pytest.mark.skipif(
-    os.environ.get("NEBENCH_FULL_DRY_RUN") != "1",
-    reason="the full dry run (every step, 90 s) runs with NEBENCH_FULL_DRY_RUN=1; the suite keeps "
-    "to the fast dry run above and the per-step tests below, within its 15-minute budget",
-)
-def test_full_dry_run(tmp_path):
+@pytest.mark.slow  # every step at tiny sizes: 95 s on a 2-core machine
+def test_dry_run_runs_every_step_and_writes_the_table_and_json(tmp_path):
     rows, table, doc = dry_run(tmp_path)
     check_common(rows, table, doc)
+    assert set(rows) == {step.name for step in gpu_check.STEPS} | {"np10_gpu_vs_cpu"}
     # the same seed and code on the CPU twice: the comparison row passes
     assert rows["np10_gpu_vs_cpu"]["status"] == "ok"
     assert rows["np10_gpu_vs_cpu"]["metrics"]["np10_diff"] <= gpu_check.NP10_TOLERANCE
